@@ -1,0 +1,3 @@
+from imedge.cli.main import main
+
+main()

@@ -1,0 +1,241 @@
+"""The composition root: builds every concrete object from the config and wires them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from imedge import __version__
+from imedge.api.http import EmbeddedServer, create_app, http_server
+from imedge.config import Config, Endpoint
+from imedge.domain.throttle import LoginThrottle
+from imedge.features import blocking, carbons, disco, offline, ping, presence, roster, version
+from imedge.protocol.sasl import tls_server_end_point
+from imedge.server.c2s.auth import Authenticator
+from imedge.server.c2s.settings import C2SSettings
+from imedge.server.c2s.sm import StreamManager
+from imedge.server.c2s.stream import C2SContext, C2SStream
+from imedge.server.context import FeatureLimits, ServerContext
+from imedge.server.events import EventBus
+from imedge.server.iq import IqDispatcher
+from imedge.server.metrics import Metrics
+from imedge.server.registry import SessionRegistry
+from imedge.server.router import Router
+from imedge.server.tls import ensure_certificate, server_context
+from imedge.store.ports import Store
+from imedge.store.sql import open_store
+
+log = logging.getLogger(__name__)
+
+# Feature modules, each with `install(ctx: ServerContext) -> None`.
+FEATURES: tuple[ModuleType, ...] = (roster, presence, offline, blocking, carbons, disco, ping, version)
+
+
+def prepare_tls(config: Config) -> tuple[ssl.SSLContext, bytes, bool]:
+    """Load (or, with the defaults, first generate) our certificate; return the server
+    context, the tls-server-end-point binding data, and whether a certificate was made."""
+    generated = False
+    if config.tls.self_signed:
+        generated = ensure_certificate(config.domain, config.tls.cert, config.tls.key, config.hosts)
+    ctx = server_context(config.tls.cert, config.tls.key, config.tls.ca)
+    cert = x509.load_pem_x509_certificate(Path(config.tls.cert).read_bytes())
+    return ctx, tls_server_end_point(cert.public_bytes(Encoding.DER)), generated
+
+
+@dataclass
+class Server:
+    """A running IM Edge: store, router, features and listeners."""
+
+    config: Config
+    store: Store
+    tls: ssl.SSLContext
+    cert_binding: bytes
+    bus: EventBus = field(default_factory=EventBus)
+    metrics: Metrics = field(default_factory=Metrics)
+    sessions: SessionRegistry = field(default_factory=SessionRegistry)
+    iq: IqDispatcher = field(default_factory=IqDispatcher)
+    listeners: list[asyncio.Server] = field(default_factory=list)
+    bound: dict[str, Endpoint] = field(default_factory=dict)
+    _http: EmbeddedServer | None = None
+    _http_task: asyncio.Task[None] | None = None
+    _streams: set[asyncio.Task[None]] = field(default_factory=set)
+    _per_ip: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        hosts = frozenset(cfg.local_domains)
+        self.router = Router(hosts, self.bus, self.sessions, self.iq)
+        self.context = ServerContext(
+            bus=self.bus,
+            iq=self.iq,
+            router=self.router,
+            sessions=self.sessions,
+            store=self.store,
+            metrics=self.metrics,
+            domain=cfg.domain,
+            hosts=hosts,
+            limits=FeatureLimits(offline_max_messages=cfg.limits.offline_max_messages),
+            version=__version__,
+        )
+        for feature in FEATURES:
+            feature.install(self.context)
+        limits = cfg.limits
+        settings = C2SSettings(
+            domain=cfg.domain,
+            hosts=hosts,
+            tls=self.tls,
+            cert_binding=self.cert_binding,
+            require_tls=cfg.c2s.require_tls,
+            max_stanza_bytes=limits.max_stanza_bytes,
+            max_depth=limits.max_xml_depth,
+            negotiation_timeout=limits.negotiation_timeout,
+            idle_timeout=limits.c2s_idle_timeout,
+            keepalive_interval=limits.c2s_keepalive_interval,
+            scram_iterations=cfg.accounts.scram_iterations,
+        )
+        throttle = LoginThrottle(
+            per_address=limits.login_failures_per_address,
+            per_account=limits.login_failures_per_account,
+            window=limits.login_window,
+            lockout=limits.login_window,
+        )
+        self.c2s = C2SContext(
+            settings=settings,
+            auth=Authenticator(self.store.accounts, throttle),
+            router=self.router,
+            sessions=self.sessions,
+            bus=self.bus,
+            metrics=self.metrics,
+        )
+        self.c2s.sm = StreamManager(self.c2s, self.context)
+
+    # --- listeners ------------------------------------------------------------------
+    async def start(self) -> None:
+        listen = self.config.listen
+        if listen.c2s is not None:
+            await self._listen("c2s", listen.c2s, self._c2s_handler(direct_tls=False), None)
+        if listen.c2s_tls is not None:
+            await self._listen("c2s_tls", listen.c2s_tls, self._c2s_handler(direct_tls=True), self.tls)
+        if listen.http is not None:
+            app = create_app(
+                version=__version__,
+                registry=self.metrics.registry,
+                check_store=self.store.ping,
+                sessions=lambda: len(self.sessions),
+            )
+            self._http = http_server(app, listen.http.host, listen.http.port)
+            self._http_task = asyncio.get_running_loop().create_task(self._http.serve())
+            while not self._http.started:
+                if self._http_task.done():
+                    self._http_task.result()
+                    raise OSError(f"HTTP listener on {listen.http} did not start")
+                await asyncio.sleep(0.01)
+            sock = self._http.servers[0].sockets[0]
+            self.bound["http"] = Endpoint(listen.http.host, sock.getsockname()[1])
+
+    async def _listen(
+        self,
+        name: str,
+        where: Endpoint,
+        handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], object],
+        tls: ssl.SSLContext | None,
+    ) -> None:
+        server = await asyncio.start_server(
+            handler,  # type: ignore[arg-type]
+            where.host,
+            where.port,
+            ssl=tls,
+            ssl_handshake_timeout=self.config.limits.negotiation_timeout if tls else None,
+            limit=self.config.limits.max_stanza_bytes * 2,
+            reuse_address=True,
+        )
+        self.listeners.append(server)
+        port = server.sockets[0].getsockname()[1]
+        self.bound[name] = Endpoint(where.host, port)
+        log.info("%s listening on %s", name, self.bound[name])
+
+    def _c2s_handler(
+        self, *, direct_tls: bool
+    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], object]:
+        max_per_ip = self.config.limits.max_c2s_connections_per_ip
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peer = writer.get_extra_info("peername")
+            ip = str(peer[0]) if peer else "?"
+            if self._per_ip.get(ip, 0) >= max_per_ip:
+                log.warning("refusing connection from %s: %d connections already", ip, max_per_ip)
+                writer.close()
+                return
+            self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+            task = asyncio.current_task()
+            assert task is not None
+            self._streams.add(task)
+            try:
+                await C2SStream(reader, writer, self.c2s, direct_tls=direct_tls).run()
+            finally:
+                self._streams.discard(task)
+                left = self._per_ip[ip] - 1
+                if left:
+                    self._per_ip[ip] = left
+                else:
+                    del self._per_ip[ip]
+
+        return handle
+
+    async def stop(self) -> None:
+        """Close listeners, end every session with `system-shutdown`, stop HTTP."""
+        from imedge.domain.errors import StreamErrorCondition
+
+        for server in self.listeners:
+            server.close()
+        for session in list(self.sessions):
+            session.close(StreamErrorCondition.SYSTEM_SHUTDOWN, "server shutting down")
+        if self._streams:
+            await asyncio.wait(list(self._streams), timeout=5)
+        await self.c2s.sm.shutdown()
+        for server in self.listeners:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+        if self._http is not None:
+            self._http.should_exit = True
+            if self._http_task is not None:
+                with contextlib.suppress(Exception):
+                    await self._http_task
+        self.listeners.clear()
+
+
+async def build_server(config: Config) -> Server:
+    tls, binding, generated = prepare_tls(config)
+    if generated:
+        log.warning("generated a self-signed certificate for %s at %s", config.domain, config.tls.cert)
+    store = await open_store(config.database.url)
+    return Server(config=config, store=store, tls=tls, cert_binding=binding)
+
+
+async def serve(config: Config, on_ready: Callable[[Server], None] | None = None) -> None:
+    """Run until SIGINT/SIGTERM."""
+    server = await build_server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        if on_ready is not None:
+            on_ready(server)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await server.stop()
+        await server.store.close()
