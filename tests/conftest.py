@@ -5,10 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import RunningServer, running_server
+from tests.helpers import RawClient, RunningServer, running_server
 
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
     async with running_server(tmp_path) as rs:
         yield rs
+
+
+@pytest.fixture(autouse=True)
+async def _close_raw_clients() -> AsyncIterator[None]:
+    yield
+    await RawClient.close_all()

@@ -160,7 +160,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+async def wait_for(
+    predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition"
+) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.02)
@@ -187,9 +189,117 @@ class Inbox:
                         return self.items.pop(i)
                 await self._cond.wait()
 
-    async def nothing(self, match: Callable[[Any], bool] = lambda _: True, wait: float = 0.5) -> None:
+    async def nothing(
+        self, match: Callable[[Any], bool] = lambda _: True, wait: float = 0.5
+    ) -> None:
         await asyncio.sleep(wait)
         assert not [i for i in self.items if match(i)], f"unexpected: {self.items}"
 
 
 logging.getLogger("slixmpp").setLevel(logging.WARNING)
+
+
+class RawClient:
+    """A bare-hands XMPP client over asyncio streams, for precise protocol tests."""
+
+    HEADER = (
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+        "xmlns:stream='http://etherx.jabber.org/streams' to='{to}' version='1.0'>"
+    )
+
+    opened: list[RawClient] = []  # closed by the autouse fixture in tests/conftest.py
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.buf = b""
+        RawClient.opened.append(self)
+
+    @classmethod
+    async def connect(cls, port: int, ssl_ctx: Any = None, host: str = "127.0.0.1") -> RawClient:
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=ssl_ctx, server_hostname=DOMAIN if ssl_ctx else None
+        )
+        return cls(reader, writer)
+
+    async def send(self, data: bytes | str) -> None:
+        self.writer.write(data.encode() if isinstance(data, str) else data)
+        await self.writer.drain()
+
+    async def open_stream(self, to: str = DOMAIN) -> bytes:
+        await self.send(self.HEADER.format(to=to))
+        return await self.read_until(b"</stream:features>")
+
+    async def read_until(self, marker: bytes, timeout: float = 5.0) -> bytes:
+        """Read until `marker` appears; return everything up to and including it."""
+        async with asyncio.timeout(timeout):
+            while marker not in self.buf:
+                chunk = await self.reader.read(65536)
+                if not chunk:
+                    raise EOFError(f"closed before {marker!r}; got {self.buf!r}")
+                self.buf += chunk
+        idx = self.buf.index(marker) + len(marker)
+        out, self.buf = self.buf[:idx], self.buf[idx:]
+        return out
+
+    async def read_to_eof(self, timeout: float = 5.0) -> bytes:
+        async with asyncio.timeout(timeout):
+            while chunk := await self.reader.read(65536):
+                self.buf += chunk
+        out, self.buf = self.buf, b""
+        return out
+
+    async def starttls(self, ca_path: Path) -> None:
+        import ssl
+
+        await self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        await self.read_until(b"<proceed")
+        await self.read_until(b"/>")
+        ctx = ssl.create_default_context(cafile=str(ca_path))
+        await self.writer.start_tls(ctx, server_hostname=DOMAIN)
+
+    async def login_plain(self, user: str, password: str) -> None:
+        import base64
+
+        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        await self.send(
+            f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>"
+        )
+        got = await self.read_until(b"</success>")
+        assert b"<success" in got, got
+        await self.open_stream()
+
+    async def bind(self, resource: str = "raw") -> None:
+        await self.send(
+            "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+            f"<resource>{resource}</resource></bind></iq>"
+        )
+        await self.read_until(b"</iq>")
+
+    def close(self) -> None:
+        self.writer.close()
+
+    @classmethod
+    async def close_all(cls) -> None:
+        for raw in cls.opened:
+            raw.writer.close()
+            with contextlib.suppress(Exception):
+                await raw.writer.wait_closed()
+        cls.opened.clear()
+
+
+def require_binary(name: str) -> str:
+    """The path of a peer program; skip without it, but fail in CI (never silently skip)."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if Path(p).exists()), None
+    )
+    if path is None:
+        msg = f"{name} is not installed (make test installs it when run as root)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,8 +19,19 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from imedge import __version__
 from imedge.api.http import EmbeddedServer, create_app, http_server
 from imedge.config import Config, Endpoint
+from imedge.domain.errors import StreamErrorCondition
 from imedge.domain.throttle import LoginThrottle
-from imedge.features import blocking, carbons, disco, offline, ping, presence, roster, version
+from imedge.features import (
+    blocking,
+    carbons,
+    disco,
+    messages,
+    offline,
+    ping,
+    presence,
+    roster,
+    version,
+)
 from imedge.protocol.sasl import tls_server_end_point
 from imedge.server.c2s.auth import Authenticator
 from imedge.server.c2s.settings import C2SSettings
@@ -38,7 +50,17 @@ from imedge.store.sql import open_store
 log = logging.getLogger(__name__)
 
 # Feature modules, each with `install(ctx: ServerContext) -> None`.
-FEATURES: tuple[ModuleType, ...] = (roster, presence, offline, blocking, carbons, disco, ping, version)
+FEATURES: tuple[ModuleType, ...] = (
+    roster,
+    presence,
+    messages,
+    offline,
+    blocking,
+    carbons,
+    disco,
+    ping,
+    version,
+)
 
 
 def prepare_tls(config: Config) -> tuple[ssl.SSLContext, bytes, bool]:
@@ -68,7 +90,7 @@ class Server:
     bound: dict[str, Endpoint] = field(default_factory=dict)
     _http: EmbeddedServer | None = None
     _http_task: asyncio.Task[None] | None = None
-    _streams: set[asyncio.Task[None]] = field(default_factory=set)
+    _streams: dict[asyncio.Task[None], C2SStream] = field(default_factory=dict)
     _per_ip: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -102,6 +124,7 @@ class Server:
             idle_timeout=limits.c2s_idle_timeout,
             keepalive_interval=limits.c2s_keepalive_interval,
             scram_iterations=cfg.accounts.scram_iterations,
+            sm_resume_timeout=limits.sm_resume_timeout,
         )
         throttle = LoginThrottle(
             per_address=limits.login_failures_per_address,
@@ -125,7 +148,9 @@ class Server:
         if listen.c2s is not None:
             await self._listen("c2s", listen.c2s, self._c2s_handler(direct_tls=False), None)
         if listen.c2s_tls is not None:
-            await self._listen("c2s_tls", listen.c2s_tls, self._c2s_handler(direct_tls=True), self.tls)
+            await self._listen(
+                "c2s_tls", listen.c2s_tls, self._c2s_handler(direct_tls=True), self.tls
+            )
         if listen.http is not None:
             app = create_app(
                 version=__version__,
@@ -133,14 +158,18 @@ class Server:
                 check_store=self.store.ping,
                 sessions=lambda: len(self.sessions),
             )
+            # Bind the socket ourselves: a busy port is then an OSError like the XMPP
+            # listeners', instead of uvicorn exiting the process.
+            sock = bind_tcp(listen.http)
             self._http = http_server(app, listen.http.host, listen.http.port)
-            self._http_task = asyncio.get_running_loop().create_task(self._http.serve())
+            self._http_task = asyncio.get_running_loop().create_task(
+                self._http.serve(sockets=[sock])
+            )
             while not self._http.started:
                 if self._http_task.done():
                     self._http_task.result()
                     raise OSError(f"HTTP listener on {listen.http} did not start")
                 await asyncio.sleep(0.01)
-            sock = self._http.servers[0].sockets[0]
             self.bound["http"] = Endpoint(listen.http.host, sock.getsockname()[1])
 
     async def _listen(
@@ -179,11 +208,12 @@ class Server:
             self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
             task = asyncio.current_task()
             assert task is not None
-            self._streams.add(task)
+            stream = C2SStream(reader, writer, self.c2s, direct_tls=direct_tls)
+            self._streams[task] = stream
             try:
-                await C2SStream(reader, writer, self.c2s, direct_tls=direct_tls).run()
+                await stream.run()
             finally:
-                self._streams.discard(task)
+                del self._streams[task]
                 left = self._per_ip[ip] - 1
                 if left:
                     self._per_ip[ip] = left
@@ -193,13 +223,11 @@ class Server:
         return handle
 
     async def stop(self) -> None:
-        """Close listeners, end every session with `system-shutdown`, stop HTTP."""
-        from imedge.domain.errors import StreamErrorCondition
-
+        """Close listeners, end every stream with `system-shutdown`, stop HTTP."""
         for server in self.listeners:
             server.close()
-        for session in list(self.sessions):
-            session.close(StreamErrorCondition.SYSTEM_SHUTDOWN, "server shutting down")
+        for stream in list(self._streams.values()):
+            stream.close(StreamErrorCondition.SYSTEM_SHUTDOWN, "server shutting down")
         if self._streams:
             await asyncio.wait(list(self._streams), timeout=5)
         await self.c2s.sm.shutdown()
@@ -214,10 +242,29 @@ class Server:
         self.listeners.clear()
 
 
+def bind_tcp(where: Endpoint) -> socket.socket:
+    family = socket.AF_INET6 if ":" in where.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((where.host, where.port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        reason = (exc.strerror or str(exc)).lower()
+        raise OSError(
+            exc.errno, f"error while attempting to bind on address {where}: {reason}"
+        ) from None
+    sock.setblocking(False)
+    return sock
+
+
 async def build_server(config: Config) -> Server:
     tls, binding, generated = prepare_tls(config)
     if generated:
-        log.warning("generated a self-signed certificate for %s at %s", config.domain, config.tls.cert)
+        log.warning(
+            "generated a self-signed certificate for %s at %s", config.domain, config.tls.cert
+        )
     store = await open_store(config.database.url)
     return Server(config=config, store=store, tls=tls, cert_binding=binding)
 

@@ -117,6 +117,7 @@ class LimitsConfig:
     login_failures_per_account: int = 5
     login_window: int = 60
     max_c2s_connections_per_ip: int = 64
+    sm_resume_timeout: int = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -704,6 +705,7 @@ login_failures_per_address = {limits.login_failures_per_address}     # within lo
 login_failures_per_account = {limits.login_failures_per_account}      # within login_window
 login_window = {limits.login_window}                   # seconds
 max_c2s_connections_per_ip = {limits.max_c2s_connections_per_ip}
+sm_resume_timeout = {limits.sm_resume_timeout}             # seconds to resume (XEP-0198)
 
 [accounts]
 # In-band registration (XEP-0077).

@@ -35,7 +35,9 @@ def create_app(
                 {"status": "degraded", "store": f"unreachable: {exc}", "sessions": sessions()},
                 status_code=503,
             )
-        return JSONResponse({"status": "ok", "store": "ok", "sessions": sessions(), "version": version})
+        return JSONResponse(
+            {"status": "ok", "store": "ok", "sessions": sessions(), "version": version}
+        )
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:
@@ -53,5 +55,7 @@ class EmbeddedServer(uvicorn.Server):
 
 
 def http_server(app: FastAPI, host: str, port: int) -> EmbeddedServer:
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
+    )
     return EmbeddedServer(config)

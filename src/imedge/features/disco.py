@@ -54,7 +54,9 @@ def install(ctx: ServerContext) -> None:
                 raise StanzaError(StanzaErrorCondition.SERVICE_UNAVAILABLE)
         elif await ctx.store.accounts.get(user) is None:
             raise StanzaError(StanzaErrorCondition.SERVICE_UNAVAILABLE)
-        return _info(req.payload.get("node"), ("account", "registered", str(user)), ACCOUNT_FEATURES)
+        return _info(
+            req.payload.get("node"), ("account", "registered", str(user)), ACCOUNT_FEATURES
+        )
 
     async def account_items(req: IqRequest) -> Element | None:
         if req.from_.bare != req.to.bare:

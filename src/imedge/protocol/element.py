@@ -21,7 +21,16 @@ XML_LANG = "{" + XML_NS + "}lang"
 
 _TEXT_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 _ATTR_ESCAPES = str.maketrans(
-    {"&": "&amp;", "<": "&lt;", ">": "&gt;", "'": "&apos;", '"': "&quot;", "\n": "&#10;", "\r": "&#13;", "\t": "&#9;"}
+    {
+        "&": "&amp;",
+        "<": "&lt;",
+        ">": "&gt;",
+        "'": "&apos;",
+        '"': "&quot;",
+        "\n": "&#10;",
+        "\r": "&#13;",
+        "\t": "&#9;",
+    }
 )
 
 
@@ -58,8 +67,13 @@ class Element:
         self.children.append(child)
         return child if isinstance(child, Element) else self
 
-    def sub(self, name: str, ns: str | None = None, attrs: dict[str, str] | None = None,
-            text: str | None = None) -> Element:
+    def sub(
+        self,
+        name: str,
+        ns: str | None = None,
+        attrs: dict[str, str] | None = None,
+        text: str | None = None,
+    ) -> Element:
         """Append and return a new child element; its namespace defaults to this one's."""
         child = Element(name, self.ns if ns is None else ns, attrs)
         if text is not None:
@@ -107,7 +121,8 @@ class Element:
 
     def find_all(self, name: str, ns: str | None = None) -> list[Element]:
         return [
-            c for c in self.children
+            c
+            for c in self.children
             if isinstance(c, Element) and c.name == name and (ns is None or c.ns == ns)
         ]
 
@@ -193,7 +208,10 @@ def _write(el: Element, parent_ns: str | None, out: list[str]) -> None:
                 out.append(f" xml:{local}='{escape_attr(value)}'")
             else:
                 prefixes += 1
-                out.append(f" xmlns:a{prefixes}='{escape_attr(ns)}' a{prefixes}:{local}='{escape_attr(value)}'")
+                prefix = f"a{prefixes}"
+                out.append(
+                    f" xmlns:{prefix}='{escape_attr(ns)}' {prefix}:{local}='{escape_attr(value)}'"
+                )
         else:
             out.append(f" {key}='{escape_attr(value)}'")
     if not el.children:

@@ -54,7 +54,9 @@ def error_element(
         err.attrs["by"] = by
     err.sub(str(condition), ns.STANZA_ERRORS)
     if text:
-        err.sub("text", ns.STANZA_ERRORS, {"{http://www.w3.org/XML/1998/namespace}lang": "en"}, text)
+        err.sub(
+            "text", ns.STANZA_ERRORS, {"{http://www.w3.org/XML/1998/namespace}lang": "en"}, text
+        )
     return err
 
 
@@ -114,5 +116,7 @@ def stream_error(condition: StreamErrorCondition, text: str | None = None) -> by
     err = Element("error", ns.STREAMS)
     err.sub(str(condition), ns.STREAM_ERRORS)
     if text:
-        err.sub("text", ns.STREAM_ERRORS, {"{http://www.w3.org/XML/1998/namespace}lang": "en"}, text)
+        err.sub(
+            "text", ns.STREAM_ERRORS, {"{http://www.w3.org/XML/1998/namespace}lang": "en"}, text
+        )
     return ("<stream:error>" + "".join(str(c) for c in err.elements()) + "</stream:error>").encode()

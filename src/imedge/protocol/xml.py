@@ -139,6 +139,11 @@ class XmlStreamParser:
         self._header_decls: dict[str, str] = {}
         self._closed = False
 
+    @property
+    def is_closed(self) -> bool:
+        """The peer closed the stream (`</stream:stream>`)."""
+        return self._closed
+
     # --- input ----------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
         if self._closed:
@@ -154,7 +159,7 @@ class XmlStreamParser:
                     StreamErrorCondition.NOT_WELL_FORMED,
                     xml.parsers.expat.ErrorString(exc.code),
                 ) from None
-            if self._closed:
+            if self.is_closed:
                 return
             self._check_size()
             if self._depth < 2:
@@ -257,6 +262,11 @@ class XmlStreamParser:
             return
         el = self._stack.pop()
         if self._depth == 1:
+            if self._parser.CurrentByteIndex - self._stanza_start > self.max_stanza_bytes:
+                raise StreamError(
+                    StreamErrorCondition.POLICY_VIOLATION,
+                    f"stanza larger than {self.max_stanza_bytes} bytes",
+                )
             if self._raw_ok:
                 end = self._parser.CurrentByteIndex - self._base
                 buf = self._buf

@@ -33,7 +33,7 @@ class Event:
 
 
 E = TypeVar("E", bound=Event)
-Handler = Callable[[Any], "bool | None | Awaitable[bool | None]"]
+Handler = Callable[[Any], "Awaitable[bool | None] | bool | None"]
 
 
 class EventBus:
@@ -44,7 +44,7 @@ class EventBus:
     def subscribe(
         self,
         event: type[E],
-        handler: Callable[[E], bool | None | Awaitable[bool | None]],
+        handler: Callable[[E], bool | Awaitable[bool | None] | None],
         priority: int = Priority.NORMAL,
     ) -> Callable[[], None]:
         """Add a handler; return a function that removes it again."""

@@ -21,10 +21,16 @@ class Metrics:
             "imedge_stanzas_out", "Stanzas sent", ["kind", "transport"], registry=self.registry
         )
         self.stream_errors = Counter(
-            "imedge_stream_errors", "Stream errors sent", ["condition", "transport"], registry=self.registry
+            "imedge_stream_errors",
+            "Stream errors sent",
+            ["condition", "transport"],
+            registry=self.registry,
         )
         self.auth = Counter(
-            "imedge_auth", "Authentication attempts", ["mechanism", "result"], registry=self.registry
+            "imedge_auth",
+            "Authentication attempts",
+            ["mechanism", "result"],
+            registry=self.registry,
         )
         self.offline_stored = Counter(
             "imedge_offline_stored", "Messages stored for offline users", registry=self.registry

@@ -5,7 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from imedge.domain.errors import StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition
+from imedge.domain.errors import (
+    StanzaError,
+    StanzaErrorCondition,
+    StreamError,
+    StreamErrorCondition,
+)
 from imedge.domain.jid import Jid, JidMalformed
 from imedge.protocol.element import Element
 from imedge.protocol.stanza import IqType, error_reply, iq_result, may_bounce
@@ -59,7 +64,7 @@ class Router:
                 claimed_jid = Jid.parse(claimed)
             except JidMalformed:
                 claimed_jid = None
-            if claimed_jid != session.jid and claimed_jid != session.bare:
+            if claimed_jid not in (session.jid, session.bare):
                 raise StreamError(StreamErrorCondition.INVALID_FROM, "'from' is not your address")
         stanza.set("from", str(session.jid))
         name = stanza.name
@@ -72,7 +77,9 @@ class Router:
             try:
                 to = Jid.parse(to_attr)
             except JidMalformed as exc:
-                self.bounce_to_session(session, stanza, StanzaError(StanzaErrorCondition.JID_MALFORMED, str(exc)))
+                self.bounce_to_session(
+                    session, stanza, StanzaError(StanzaErrorCondition.JID_MALFORMED, str(exc))
+                )
                 return
         try:
             if name == "message":
@@ -84,11 +91,10 @@ class Router:
                 ev = PresenceFromClient(stanza, session.jid, to or session.bare, session, broadcast)
                 if not await self.bus.fire(ev) and not broadcast:
                     await self.route(stanza, session.jid, ev.to, session)
+            elif to is None or to == session.bare:
+                await self._iq_local(stanza, session.jid, session.bare, session, IqTarget.SELF)
             else:
-                if to is None or to == session.bare:
-                    await self._iq_local(stanza, session.jid, session.bare, session, IqTarget.SELF)
-                else:
-                    await self.route(stanza, session.jid, to, session)
+                await self.route(stanza, session.jid, to, session)
         except StanzaError as err:
             self.bounce_to_session(session, stanza, err)
 
@@ -96,10 +102,18 @@ class Router:
         # RFC 6120 §8.2.3: an id, a known type, and exactly one payload for get/set.
         t = stanza.attrs.get("type")
         if "id" not in stanza.attrs or t not in _IQ_TYPES:
-            self.bounce_to_session(session, stanza, StanzaError(StanzaErrorCondition.BAD_REQUEST, "IQ needs an id and a valid type"))
+            self.bounce_to_session(
+                session,
+                stanza,
+                StanzaError(StanzaErrorCondition.BAD_REQUEST, "IQ needs an id and a valid type"),
+            )
             return False
         if t in ("get", "set") and sum(1 for _ in stanza.elements()) != 1:
-            self.bounce_to_session(session, stanza, StanzaError(StanzaErrorCondition.BAD_REQUEST, "IQ get/set needs exactly one child"))
+            self.bounce_to_session(
+                session,
+                stanza,
+                StanzaError(StanzaErrorCondition.BAD_REQUEST, "IQ get/set needs exactly one child"),
+            )
             return False
         return True
 
@@ -113,13 +127,17 @@ class Router:
         session.deliver(reply)
 
     # --- routing ---------------------------------------------------------------------
-    async def route(self, stanza: Element, from_: Jid, to: Jid, origin: C2SSession | None = None) -> None:
+    async def route(
+        self, stanza: Element, from_: Jid, to: Jid, origin: C2SSession | None = None
+    ) -> None:
         """Deliver `stanza` to `to`, locally or through the s2s layer; bounce on failure."""
         try:
             if to.domain in self.hosts:
                 await self._route_local(stanza, from_, to, origin)
             elif not await self.bus.fire(StanzaToRemote(stanza, from_, to, origin)):
-                raise StanzaError(StanzaErrorCondition.REMOTE_SERVER_NOT_FOUND, f"no route to {to.domain}")
+                raise StanzaError(
+                    StanzaErrorCondition.REMOTE_SERVER_NOT_FOUND, f"no route to {to.domain}"
+                )
         except StanzaError as err:
             await self.bounce(stanza, from_, to, err)
 
@@ -133,7 +151,9 @@ class Router:
         log.debug("bounce %s from %s to %s: %s", stanza.name, from_, to, err.condition)
         await self.route(reply, to, from_)
 
-    async def _route_local(self, stanza: Element, from_: Jid, to: Jid, origin: C2SSession | None) -> None:
+    async def _route_local(
+        self, stanza: Element, from_: Jid, to: Jid, origin: C2SSession | None
+    ) -> None:
         name = stanza.name
         if to.local is None:
             if name == "iq":
@@ -144,7 +164,10 @@ class Router:
                 await self.bus.fire(PresenceToHost(stanza, from_, to, origin))
         elif to.resource is None:
             if name == "message":
-                await self._fire_or(MessageToBare(stanza, from_, to, origin), StanzaErrorCondition.SERVICE_UNAVAILABLE)
+                await self._fire_or(
+                    MessageToBare(stanza, from_, to, origin),
+                    StanzaErrorCondition.SERVICE_UNAVAILABLE,
+                )
             elif name == "presence":
                 await self.bus.fire(PresenceToBare(stanza, from_, to, origin))
             elif from_.bare == to:
@@ -152,7 +175,9 @@ class Router:
             elif not await self.bus.fire(IqToBare(stanza, from_, to, origin)):
                 await self._iq_local(stanza, from_, to, origin, IqTarget.BARE)
         elif name == "message":
-            await self._fire_or(MessageToFull(stanza, from_, to, origin), StanzaErrorCondition.SERVICE_UNAVAILABLE)
+            await self._fire_or(
+                MessageToFull(stanza, from_, to, origin), StanzaErrorCondition.SERVICE_UNAVAILABLE
+            )
         elif name == "presence":
             await self.bus.fire(PresenceToFull(stanza, from_, to, origin))
         elif not await self.bus.fire(IqToFull(stanza, from_, to, origin)):
@@ -167,7 +192,9 @@ class Router:
         if not await self.bus.fire(ev) and condition is not None:
             raise StanzaError(condition)
 
-    async def _iq_local(self, stanza: Element, from_: Jid, to: Jid, origin: C2SSession | None, target: IqTarget) -> None:
+    async def _iq_local(
+        self, stanza: Element, from_: Jid, to: Jid, origin: C2SSession | None, target: IqTarget
+    ) -> None:
         t = stanza.attrs.get("type")
         if t not in ("get", "set"):
             return  # results and errors to the server or an account end here

@@ -65,7 +65,9 @@ class C2SSession:
         self._send(stanza)
 
     def rebind(
-        self, send: Callable[[Element], None], close: Callable[[StreamErrorCondition, str | None], None]
+        self,
+        send: Callable[[Element], None],
+        close: Callable[[StreamErrorCondition, str | None], None],
     ) -> None:
         """Attach the session to a new stream (XEP-0198 resumption)."""
         self._send = send

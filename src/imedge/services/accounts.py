@@ -39,7 +39,10 @@ class AccountService:
             keys = make_scram_keys(password, iterations=self.scram_iterations)
         except ValueError as exc:
             raise AccountError(f"the password is not allowed: {exc}") from None
-        return [ScramCredential(k.mechanism, k.salt, k.iterations, k.stored_key, k.server_key) for k in keys]
+        return [
+            ScramCredential(k.mechanism, k.salt, k.iterations, k.stored_key, k.server_key)
+            for k in keys
+        ]
 
     async def create(self, address: str, password: str) -> Jid:
         jid = self.parse(address)

@@ -42,7 +42,9 @@ class Authenticator:
             cred = await self._accounts.get_credential(account, "SCRAM-SHA-256")
         if cred is None:
             return None
-        return ScramKeys(cred.mechanism, cred.salt, cred.iterations, cred.stored_key, cred.server_key)
+        return ScramKeys(
+            cred.mechanism, cred.salt, cred.iterations, cred.stored_key, cred.server_key
+        )
 
     def retry_after(self, address: str, account: Jid | None) -> float:
         return self._throttle.retry_after(address, str(account) if account else None, self._clock())

@@ -17,7 +17,12 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from imedge.domain.errors import StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition
+from imedge.domain.errors import (
+    StanzaError,
+    StanzaErrorCondition,
+    StreamError,
+    StreamErrorCondition,
+)
 from imedge.domain.jid import Jid, JidMalformed
 from imedge.protocol import ns
 from imedge.protocol.element import Element, serialize, stanza_bytes
@@ -135,17 +140,20 @@ class C2SStream:
         self.writer.write(data)
         if transport.get_write_buffer_size() > self.s.max_write_buffer:
             self.log.warning("client is not reading; closing")
-            self.close(StreamErrorCondition.POLICY_VIOLATION, "output buffer full: you are not reading")
+            self.close(
+                StreamErrorCondition.POLICY_VIOLATION, "output buffer full: you are not reading"
+            )
 
     def send_element(self, el: Element) -> None:
         self.write(stanza_bytes(el, ns.CLIENT))
 
     def send_stanza(self, el: Element) -> None:
         """The outbound path of the bound session: counts, and goes through XEP-0198."""
-        if self.sm is not None:
-            self.sm.outbound(el)
         self.ctx.metrics.stanzas_out.labels(el.name, "c2s").inc()
         self.write(stanza_bytes(el, ns.CLIENT))
+        if self.sm is not None:
+            # After the write: XEP-0198 may follow the stanza with an <r/>.
+            self.sm.outbound(el)
 
     def close(self, condition: StreamErrorCondition | None = None, text: str | None = None) -> None:
         """Send a stream error (if any) and the closing tag, then close the connection."""
@@ -173,7 +181,9 @@ class C2SStream:
             while not self._closed:
                 now = loop.time()
                 if self.session is None and now >= deadline:
-                    raise StreamError(StreamErrorCondition.CONNECTION_TIMEOUT, "negotiation took too long")
+                    raise StreamError(
+                        StreamErrorCondition.CONNECTION_TIMEOUT, "negotiation took too long"
+                    )
                 wait = self.s.keepalive_interval
                 if self.session is None:
                     wait = min(wait, deadline - now)
@@ -182,12 +192,15 @@ class C2SStream:
                         data = await self.reader.read(65536)
                 except TimeoutError:
                     if loop.time() - last_rx >= self.s.idle_timeout:
-                        raise StreamError(StreamErrorCondition.CONNECTION_TIMEOUT, "idle too long") from None
+                        raise StreamError(
+                            StreamErrorCondition.CONNECTION_TIMEOUT, "idle too long"
+                        ) from None
                     if self.session is not None:
                         self.write(b" ")  # RFC 6120 §4.6.1 whitespace keepalive
                     continue
                 if not data:
-                    self.close_reason = "connection lost"
+                    if not self._closed:  # else the reason we closed it stands (XEP-0198)
+                        self.close_reason = "connection lost"
                     break
                 last_rx = loop.time()
                 self.parser.feed(data)
@@ -196,7 +209,8 @@ class C2SStream:
             self.log.info("stream error %s: %s", err.condition, err.text)
             self.close(err.condition, err.text)
         except (ConnectionError, ssl.SSLError, OSError) as exc:
-            self.close_reason = f"connection lost: {exc}"
+            if not self._closed:
+                self.close_reason = f"connection lost: {exc}"
             self.log.debug("connection lost: %s", exc)
         except Exception:
             self.log.exception("internal error on client stream")
@@ -265,7 +279,9 @@ class C2SStream:
         if not domain.is_host or domain.domain not in self.s.hosts:
             raise StreamError(StreamErrorCondition.HOST_UNKNOWN, f"this server does not serve {to}")
         if self.user is not None and domain.domain != self.user.domain:
-            raise StreamError(StreamErrorCondition.HOST_UNKNOWN, "stream restarted for another domain")
+            raise StreamError(
+                StreamErrorCondition.HOST_UNKNOWN, "stream restarted for another domain"
+            )
         if header.version is None or not header.version.startswith("1."):
             raise StreamError(StreamErrorCondition.UNSUPPORTED_VERSION, "version 1.0 required")
         self.domain = domain.domain
@@ -285,6 +301,11 @@ class C2SStream:
                 bindings = self._bindings()
                 for m in offered_mechanisms(tls=self.tls, channel_binding=bool(bindings)):
                     mechs.sub("mechanism", text=m)
+                if bindings:
+                    # XEP-0440: tell clients which channel-binding types -PLUS can use.
+                    cb = feats.sub("sasl-channel-binding", ns.SASL_CB)
+                    for binding in bindings:
+                        cb.sub("channel-binding", attrs={"type": str(binding.type)})
         else:
             feats.sub("bind", ns.BIND)
             feats.sub("session", ns.SESSION).sub("optional")
@@ -312,7 +333,9 @@ class C2SStream:
             if el.ns == ns.SM and self.ctx.sm is not None:
                 await self.ctx.sm.handle(self, el)
                 return
-            raise StreamError(StreamErrorCondition.UNSUPPORTED_STANZA_TYPE, f"unexpected <{el.name}/>")
+            raise StreamError(
+                StreamErrorCondition.UNSUPPORTED_STANZA_TYPE, f"unexpected <{el.name}/>"
+            )
         if el.ns == ns.TLS and el.name == "starttls":
             await self._starttls()
         elif el.ns == ns.SASL:
@@ -355,7 +378,12 @@ class C2SStream:
             mechanism = el.get("mechanism") or ""
             wait = self.ctx.auth.retry_after(self.address, None)
             if wait > 0:
-                self._sasl_fail(Failure(SaslFailure.TEMPORARY_AUTH_FAILURE, f"too many failed logins; retry in {int(wait) + 1} s"))
+                self._sasl_fail(
+                    Failure(
+                        SaslFailure.TEMPORARY_AUTH_FAILURE,
+                        f"too many failed logins; retry in {int(wait) + 1} s",
+                    )
+                )
                 return
             self._sasl = SaslExchange(
                 mechanism,
@@ -378,7 +406,9 @@ class C2SStream:
             self._sasl = None
             self._sasl_fail(Failure(SaslFailure.ABORTED))
         else:
-            raise StreamError(StreamErrorCondition.POLICY_VIOLATION, f"unexpected SASL <{el.name}/>")
+            raise StreamError(
+                StreamErrorCondition.POLICY_VIOLATION, f"unexpected SASL <{el.name}/>"
+            )
 
     def _decode_sasl(self, el: Element) -> bytes | None:
         text = el.text.strip()
@@ -399,12 +429,18 @@ class C2SStream:
             wait = self.ctx.auth.retry_after(self.address, account)
             if wait > 0:
                 self._sasl = None
-                self._sasl_fail(Failure(SaslFailure.TEMPORARY_AUTH_FAILURE, f"too many failed logins; retry in {int(wait) + 1} s"))
+                self._sasl_fail(
+                    Failure(
+                        SaslFailure.TEMPORARY_AUTH_FAILURE,
+                        f"too many failed logins; retry in {int(wait) + 1} s",
+                    )
+                )
                 return
             keys = await self.ctx.auth.keys(account, step.mechanism) if account else None
             step = self._sasl.provide_keys(keys)
         if isinstance(step, Challenge):
-            self.write(f"<challenge xmlns='{ns.SASL}'>{base64.b64encode(step.data).decode()}</challenge>".encode())
+            data = base64.b64encode(step.data).decode()
+            self.write(f"<challenge xmlns='{ns.SASL}'>{data}</challenge>".encode())
         elif isinstance(step, Success):
             account = self._sasl_account or Authenticator.account_jid(step.username, self.domain)
             if account is None:
@@ -424,7 +460,9 @@ class C2SStream:
             if step.condition == SaslFailure.NOT_AUTHORIZED:
                 self.ctx.auth.failed(self.address, self._sasl_account)
                 self.log.info("failed login for %s", self._sasl_account or "unknown account")
-            self.ctx.metrics.auth.labels(mechanism if mechanism in _KNOWN_MECHS else "other", "failure").inc()
+            self.ctx.metrics.auth.labels(
+                mechanism if mechanism in _KNOWN_MECHS else "other", "failure"
+            ).inc()
             self._sasl_fail(step)
 
     def _sasl_fail(self, failure: Failure) -> None:
@@ -443,7 +481,9 @@ class C2SStream:
             return
         if iq.get("type") in ("get", "set"):
             # Only binding is possible before a resource is bound.
-            self.send_element(error_reply(iq, StanzaErrorCondition.NOT_AUTHORIZED, "bind a resource first"))
+            self.send_element(
+                error_reply(iq, StanzaErrorCondition.NOT_AUTHORIZED, "bind a resource first")
+            )
 
     def _bind(self, iq: Element, bind: Element) -> None:
         assert self.user is not None
@@ -479,7 +519,9 @@ def _log_task_error(task: asyncio.Task[Any]) -> None:
         log.error("event handler failed", exc_info=task.exception())
 
 
-_KNOWN_MECHS = frozenset({"SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256-PLUS", "PLAIN"})
+_KNOWN_MECHS = frozenset(
+    {"SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256-PLUS", "PLAIN"}
+)
 
 
 async def end_session(ctx: C2SContext, session: C2SSession, reason: str) -> None:
