@@ -7,6 +7,8 @@ import pytest
 
 from tests.helpers import RawClient, RunningServer, running_server
 
+pytest_plugins = ["tests.peers.fixtures"]
+
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:

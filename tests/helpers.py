@@ -25,15 +25,16 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 @dataclass
-class TestPki:
-    ca: trustme.CA
+class PkiFiles:
+    ca: trustme.CA | None
     ca_path: Path
     cert_path: Path
     key_path: Path
 
 
-def make_pki(tmp: Path, *names: str) -> TestPki:
-    ca = trustme.CA()
+def make_pki(tmp: Path, *names: str, ca: trustme.CA | None = None) -> PkiFiles:
+    ca = ca or trustme.CA()
+    tmp.mkdir(parents=True, exist_ok=True)
     cert = ca.issue_cert(*names)
     ca_path = tmp / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_path))
@@ -44,10 +45,10 @@ def make_pki(tmp: Path, *names: str) -> TestPki:
         extra.write_to_path(str(cert_path), append=True)
     cert.private_key_pem.write_to_path(str(key_path))
     key_path.chmod(0o600)
-    return TestPki(ca, ca_path, cert_path, key_path)
+    return PkiFiles(ca, ca_path, cert_path, key_path)
 
 
-def config_overrides(tmp: Path, pki: TestPki | None, **extra: Any) -> dict[str, Any]:
+def config_overrides(tmp: Path, pki: PkiFiles | None, **extra: Any) -> dict[str, Any]:
     out: dict[str, Any] = {
         "domain": DOMAIN,
         "data_dir": str(tmp / "data"),
@@ -68,7 +69,7 @@ def config_overrides(tmp: Path, pki: TestPki | None, **extra: Any) -> dict[str, 
 @dataclass
 class RunningServer:
     server: Server
-    pki: TestPki
+    pki: PkiFiles
     tmp: Path
     clients: list[slixmpp.ClientXMPP] = field(default_factory=list)
 
@@ -88,8 +89,12 @@ class RunningServer:
     def accounts(self) -> AccountService:
         return AccountService(self.server.store.accounts, self.server.router.hosts, 4096)
 
+    @property
+    def domain(self) -> str:
+        return self.server.config.domain
+
     async def add_user(self, local: str, password: str = PASSWORD) -> str:
-        jid = await self.accounts.create(f"{local}@{DOMAIN}", password)
+        jid = await self.accounts.create(f"{local}@{self.domain}", password)
         return str(jid)
 
     async def client(
@@ -127,7 +132,7 @@ class RunningServer:
         c.add_event_handler("failed_all_auth", on_fail)
         c.add_event_handler("connection_failed", on_fail)
         port = self.c2s_tls_port if direct_tls else self.c2s_port
-        c.connect("127.0.0.1", port)
+        c.connect(self.server.bound["c2s"].host, port)
         self.clients.append(c)
         async with asyncio.timeout(timeout):
             await started
@@ -142,6 +147,49 @@ async def running_server(tmp: Path, **overrides: Any) -> AsyncIterator[RunningSe
     pki = make_pki(tmp, DOMAIN)
     config = load_config(None, overrides=config_overrides(tmp, pki, **overrides))
     server = await build_server(config)
+    await server.start()
+    rs = RunningServer(server, pki, tmp)
+    try:
+        yield rs
+    finally:
+        for c in rs.clients:
+            with contextlib.suppress(Exception):
+                c.abort()
+        await server.stop()
+        await server.store.close()
+
+
+@contextlib.asynccontextmanager
+async def federated_server(
+    tmp: Path, domain: str, address: str, ca: trustme.CA, **overrides: Any
+) -> AsyncIterator[RunningServer]:
+    """An IM Edge for `domain` on `address` (c2s 5222, s2s 5269), its certificate from `ca`,
+    trusting `ca` for its peers."""
+    pki = make_pki(tmp / "pki", domain, f"*.{domain}", ca=ca)
+    async with imedge_instance(tmp, domain, address, pki, **overrides) as rs:
+        yield rs
+
+
+@contextlib.asynccontextmanager
+async def imedge_instance(
+    tmp: Path, domain: str, address: str, pki: PkiFiles, **overrides: Any
+) -> AsyncIterator[RunningServer]:
+    """An IM Edge for `domain` listening on `address` (c2s 5222, s2s 5269, as real peers
+    expect), with the given certificate, trusting `pki.ca_path` for its peers."""
+    settings = config_overrides(tmp, pki, domain=domain)
+    settings.update(
+        {
+            "listen.c2s": f"{address}:5222",
+            "listen.c2s_tls": f"{address}:0",
+            "listen.s2s": f"{address}:5269",
+            "listen.http": f"{address}:0",
+            "tls.ca": str(pki.ca_path),
+            "s2s.connect_timeout": 3,
+            "s2s.negotiation_timeout": 10,
+        }
+    )
+    settings.update(overrides)
+    server = await build_server(load_config(None, overrides=settings))
     await server.start()
     rs = RunningServer(server, pki, tmp)
     try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
 import signal
 import socket
 import ssl
@@ -17,7 +19,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from imedge import __version__
+from imedge.api.auth import bearer_guard
 from imedge.api.http import EmbeddedServer, create_app, http_server
+from imedge.api.s2s import s2s_router
 from imedge.config import Config, Endpoint
 from imedge.domain.errors import StreamErrorCondition
 from imedge.domain.throttle import LoginThrottle
@@ -29,6 +33,7 @@ from imedge.features import (
     offline,
     ping,
     presence,
+    register,
     roster,
     version,
 )
@@ -38,12 +43,19 @@ from imedge.server.c2s.settings import C2SSettings
 from imedge.server.c2s.sm import StreamManager
 from imedge.server.c2s.stream import C2SContext, C2SStream
 from imedge.server.context import FeatureLimits, ServerContext
-from imedge.server.events import EventBus
+from imedge.server.events import EventBus, Priority
 from imedge.server.iq import IqDispatcher
 from imedge.server.metrics import Metrics
 from imedge.server.registry import SessionRegistry
 from imedge.server.router import Router
+from imedge.server.s2s.channel import Channel, TlsSettings
+from imedge.server.s2s.pool import S2SPool
+from imedge.server.s2s.proxy_listener import ProxyProtocolError, read_proxy_header
+from imedge.server.s2s.resolver import S2SResolver
+from imedge.server.s2s.settings import S2SSettings
+from imedge.server.stanzas import StanzaToRemote
 from imedge.server.tls import ensure_certificate, server_context
+from imedge.services.accounts import AccountService
 from imedge.store.ports import Store
 from imedge.store.sql import open_store
 
@@ -82,6 +94,9 @@ class Server:
     store: Store
     tls: ssl.SSLContext
     cert_binding: bytes
+    s2s_tls: TlsSettings
+    dialback_secret: bytes
+    admin_token: str
     bus: EventBus = field(default_factory=EventBus)
     metrics: Metrics = field(default_factory=Metrics)
     sessions: SessionRegistry = field(default_factory=SessionRegistry)
@@ -141,22 +156,58 @@ class Server:
             metrics=self.metrics,
         )
         self.c2s.sm = StreamManager(self.c2s, self.context)
+        if cfg.accounts.registration:
+            # XEP-0077, off by default: the feature creates accounts through the service.
+            accounts = AccountService(self.store.accounts, hosts, cfg.accounts.scram_iterations)
+            registration = register.InBandRegistration(
+                register.AccountActions(accounts.create, accounts.delete, accounts.set_password)
+            )
+            registration.install(self.context)
+            self.c2s.registration = registration
+        s2s = cfg.s2s
+        self.s2s_settings = S2SSettings(
+            hosts=hosts,
+            secret=self.dialback_secret,
+            require_tls=s2s.require_tls,
+            dialback=s2s.dialback,
+            connect_timeout=s2s.connect_timeout,
+            negotiation_timeout=s2s.negotiation_timeout,
+            idle_timeout=s2s.idle_timeout,
+            max_queue=s2s.max_queue,
+            max_stanzas_per_second=s2s.max_stanzas_per_second,
+            max_stanza_bytes=limits.max_stanza_bytes,
+            max_depth=limits.max_xml_depth,
+            edge_addresses={d: (e.host, e.port) for d, e in s2s.edge_addresses},
+        )
+        self.s2s = S2SPool(
+            self.s2s_settings,
+            self.s2s_tls,
+            S2SResolver.from_config(cfg.dns),
+            self.router,
+            self.metrics,
+        )
+        self.bus.subscribe(StanzaToRemote, self.s2s.on_stanza, Priority.NORMAL)
 
     # --- listeners ------------------------------------------------------------------
     async def start(self) -> None:
-        listen = self.config.listen
+        cfg = self.config
+        listen = cfg.listen
         if listen.c2s is not None:
             await self._listen("c2s", listen.c2s, self._c2s_handler(direct_tls=False), None)
         if listen.c2s_tls is not None:
             await self._listen(
                 "c2s_tls", listen.c2s_tls, self._c2s_handler(direct_tls=True), self.tls
             )
+        for name, where, direct in (("s2s", listen.s2s, False), ("s2s_tls", listen.s2s_tls, True)):
+            if where is not None:
+                await self._listen(name, where, self._s2s_handler(direct_tls=direct), None)
         if listen.http is not None:
             app = create_app(
                 version=__version__,
                 registry=self.metrics.registry,
                 check_store=self.store.ping,
                 sessions=lambda: len(self.sessions),
+                routers=[s2s_router(self.s2s, cfg.domain, bearer_guard(self.admin_token))],
             )
             # Bind the socket ourselves: a busy port is then an OSError like the XMPP
             # listeners', instead of uvicorn exiting the process.
@@ -222,6 +273,28 @@ class Server:
 
         return handle
 
+    def _s2s_handler(
+        self, *, direct_tls: bool
+    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], object]:
+        proxied = self.config.s2s.proxy_protocol
+        timeout = self.config.s2s.negotiation_timeout
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peer = None
+            if proxied:
+                # The connector (HAProxy) tells us who is really connecting.
+                try:
+                    result, _ = await read_proxy_header(reader, timeout)
+                except (ProxyProtocolError, TimeoutError) as exc:
+                    log.warning("closing s2s connection without a valid PROXY header: %s", exc)
+                    writer.close()
+                    return
+                if result.source is not None:
+                    peer = f"{result.source[0]}:{result.source[1]}"
+            await self.s2s.serve_inbound(Channel(reader, writer, peer=peer), direct_tls=direct_tls)
+
+        return handle
+
     async def stop(self) -> None:
         """Close listeners, end every stream with `system-shutdown`, stop HTTP."""
         for server in self.listeners:
@@ -231,6 +304,7 @@ class Server:
         if self._streams:
             await asyncio.wait(list(self._streams), timeout=5)
         await self.c2s.sm.shutdown()
+        await self.s2s.close()
         for server in self.listeners:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
@@ -265,8 +339,32 @@ async def build_server(config: Config) -> Server:
         log.warning(
             "generated a self-signed certificate for %s at %s", config.domain, config.tls.cert
         )
+    s2s_tls = TlsSettings.create(config.tls.cert, config.tls.key, config.tls.ca)
+    secret = load_secret(config.data_dir / "dialback.secret")
+    token = load_secret(config.data_dir / "admin.token", text=True).decode()
     store = await open_store(config.database.url)
-    return Server(config=config, store=store, tls=tls, cert_binding=binding)
+    return Server(
+        config=config,
+        store=store,
+        tls=tls,
+        cert_binding=binding,
+        s2s_tls=s2s_tls,
+        dialback_secret=secret,
+        admin_token=token,
+    )
+
+
+def load_secret(path: Path, *, text: bool = False) -> bytes:
+    """A secret made once and kept (the dialback secret of XEP-0185, the admin API token),
+    readable by the server's user only."""
+    if path.exists():
+        return path.read_bytes().strip() if text else path.read_bytes()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    secret = secrets.token_urlsafe(32).encode() if text else secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secret)
+    return secret
 
 
 async def serve(config: Config, on_ready: Callable[[Server], None] | None = None) -> None:

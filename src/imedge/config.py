@@ -145,6 +145,28 @@ class C2sConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class S2sConfig:
+    """Server-to-server federation (RFC 6120 §13, XEP-0220, XEP-0368)."""
+
+    require_tls: bool = True
+    dialback: bool = True  # accept and use Server Dialback (XEP-0220)
+    proxy_protocol: bool = False  # the s2s listeners expect a PROXY header (HAProxy v1/v2)
+    connect_timeout: int = 10
+    negotiation_timeout: int = 30
+    idle_timeout: int = 600
+    max_queue: int = 1000  # stanzas held per remote domain while connecting
+    max_stanzas_per_second: int = 500  # per inbound stream, averaged over a few seconds
+    # domain -> "host[:port]": where to connect instead of the DNS lookup (edge address)
+    edge_addresses: tuple[tuple[str, Endpoint], ...] = ()
+
+    def edge_address(self, domain: str) -> Endpoint | None:
+        for name, where in self.edge_addresses:
+            if name == domain:
+                return where
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     domain: str
     hosts: tuple[str, ...]
@@ -157,6 +179,7 @@ class Config:
     log: LogConfig
     dns: DnsConfig
     c2s: C2sConfig
+    s2s: S2sConfig = S2sConfig()
     source: Path | None = None
 
     @property
@@ -176,8 +199,11 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "log": frozenset({"level", "format"}),
     "dns": frozenset({"nameservers"}),
     "c2s": frozenset({"require_tls"}),
+    "s2s": frozenset(S2sConfig.__dataclass_fields__),
 }
 _TOP_KEYS = frozenset({"domain", "hosts", "data_dir"})
+# Keys whose value is a table of arbitrary names (domains may contain dots).
+_TABLE_VALUED = frozenset({"s2s.edge_addresses"})
 
 
 class _Invalid(Exception):
@@ -293,6 +319,28 @@ def _parse_listener(value: object) -> Endpoint | None:
     return Endpoint(_parse_host(host, value, expected), _parse_port(port, value, expected))
 
 
+def _parse_edge(value: object) -> Endpoint:
+    expected = "host or host:port"
+    text = _parse_str(value)
+    host, port = _split_host_port(text, expected)
+    return Endpoint(
+        _parse_host(host, text, expected),
+        5269 if port is None else _parse_port(port, text, expected),
+    )
+
+
+def _parse_edges(value: object) -> tuple[tuple[str, Endpoint], ...]:
+    if not isinstance(value, dict):
+        raise _Invalid(f'expected a table of domain = "host:port", got {_show(value)}')
+    out: list[tuple[str, Endpoint]] = []
+    for domain, where in value.items():
+        try:
+            out.append((_parse_domain(domain), _parse_edge(where)))
+        except _Invalid as exc:
+            raise _Invalid(f"{domain}: {exc}") from None
+    return tuple(out)
+
+
 def _parse_nameserver(value: object) -> Endpoint:
     expected = "an IP address or IP:port"
     text = _parse_str(value)
@@ -403,14 +451,14 @@ def _merge_overrides(
             continue
         leaf = parts[-1]
         dotted = f"{path}.{leaf}" if path else leaf
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and dotted not in _TABLE_VALUED:
             child = node.setdefault(leaf, {})
             if not isinstance(child, dict):
                 problems.append((dotted, f"expected a table, got {_show(child)}"))
                 continue
             touched |= _merge_overrides(child, value, problems, dotted)
         else:
-            node[leaf] = value
+            node[leaf] = dict(value) if isinstance(value, Mapping) else value
             touched.add(dotted)
     return touched
 
@@ -588,6 +636,18 @@ def load_config(path: Path | None, *, overrides: Mapping[str, Any] | None = None
     )
     dns = DnsConfig(r.get("dns.nameservers", (), _parse_list(_parse_nameserver)))
     c2s = C2sConfig(require_tls=r.get("c2s.require_tls", True, _parse_bool))
+    s2s_defaults = S2sConfig()
+    s2s_values: dict[str, Any] = {}
+    for name in S2sConfig.__dataclass_fields__:
+        default = getattr(s2s_defaults, name)
+        if name == "edge_addresses":
+            parser: Callable[[object], Any] = _parse_edges
+        elif isinstance(default, bool):
+            parser = _parse_bool
+        else:
+            parser = _parse_int
+        s2s_values[name] = r.get(f"s2s.{name}", default, parser)
+    s2s = S2sConfig(**s2s_values)
 
     config = Config(
         domain=domain,
@@ -601,6 +661,7 @@ def load_config(path: Path | None, *, overrides: Mapping[str, Any] | None = None
         log=log_config,
         dns=dns,
         c2s=c2s,
+        s2s=s2s,
         source=source,
     )
     if problems:
@@ -723,4 +784,18 @@ nameservers = []
 [c2s]
 # Require STARTTLS before authentication. Turn off only for benchmarks.
 require_tls = true
+
+[s2s]
+require_tls = true                    # STARTTLS (or direct TLS) on every server link
+dialback = true                       # Server Dialback (XEP-0220) when certificates don't do
+proxy_protocol = false                # s2s listeners sit behind a PROXY-protocol connector
+connect_timeout = 10                  # seconds to open a TCP connection to a peer
+negotiation_timeout = 30              # seconds to finish TLS and authentication
+idle_timeout = 600                    # close a server link idle this long
+max_queue = 1000                      # stanzas held per remote domain while connecting
+max_stanzas_per_second = 500          # per inbound server link
+
+[s2s.edge_addresses]
+# Connect to these addresses instead of looking the domain up in DNS.
+# "partner.example" = "edge.partner.example:5269"
 """

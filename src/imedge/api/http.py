@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Sequence
 
 import uvicorn
-from fastapi import FastAPI, Response
+from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -17,6 +17,7 @@ def create_app(
     registry: CollectorRegistry,
     check_store: Callable[[], Awaitable[None]],
     sessions: Callable[[], int],
+    routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
     app = FastAPI(
         title="IM Edge",
@@ -43,6 +44,8 @@ def create_app(
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    for router in routers:
+        app.include_router(router)
     return app
 
 

@@ -15,6 +15,7 @@ import typer
 from imedge import __version__
 from imedge.cli.common import CONFIG_ENV, CliState, ConfigOption, configured, say, say_settings
 from imedge.cli.database import db
+from imedge.cli.s2s import s2s
 from imedge.cli.serve import serve
 from imedge.cli.users import users
 from imedge.config import describe
@@ -28,6 +29,8 @@ EPILOG = f"""\
     echo "$PASSWORD" | imedge user add bob@example.org --password-stdin
     imedge user list --domain example.org
     imedge db upgrade
+    imedge s2s list
+    imedge s2s test partner.example
 
 --config works before or after the command name; ${CONFIG_ENV} sets it for every command.
 Without any configuration the server runs for domain "localhost" with its data in ./data.
@@ -79,6 +82,7 @@ def root(
 app.command("serve")(serve)
 app.add_typer(users)
 app.add_typer(db)
+app.add_typer(s2s)
 
 
 @app.command("check-config")

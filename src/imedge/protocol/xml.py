@@ -101,8 +101,12 @@ class XmlStreamParser:
         *,
         max_stanza_bytes: int = 262144,
         max_depth: int = 64,
+        server_as_client: bool = False,
     ) -> None:
         self._on_open = on_open
+        # s2s streams: read `jabber:server` stanzas as `jabber:client` ones, so features see
+        # one namespace (RFC 6120 §4.8.3: they are the same stanzas).
+        self._alias = "jabber:server" if server_as_client else None
         self._on_element = on_element
         self._on_close = on_close
         self.max_stanza_bytes = max_stanza_bytes
@@ -242,6 +246,8 @@ class XmlStreamParser:
             self._pending_decls = {}
         if prefix is not None and prefix not in self._stanza_prefixes:
             self._raw_ok = False
+        if ns == self._alias:
+            ns = "jabber:client"
         el_attrs: dict[str, str] = {}
         for k, v in attrs.items():
             key, aprefix = _attr_key(k)

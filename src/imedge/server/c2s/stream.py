@@ -15,7 +15,7 @@ import logging
 import secrets
 import ssl
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from imedge.domain.errors import (
     StanzaError,
@@ -63,6 +63,15 @@ class C2SContext:
     bus: EventBus
     metrics: Metrics
     sm: Any = None  # server.c2s.sm.StreamManager when stream management is installed
+    registration: PreAuthRegistration | None = None  # XEP-0077, when accounts.registration
+
+
+class PreAuthRegistration(Protocol):
+    """XEP-0077 before authentication (features.register): its stream feature and IQs."""
+
+    def stream_feature(self) -> Element: ...
+
+    async def handle(self, iq: Element, address: str, domain: str) -> Element | None: ...
 
 
 class _Restart(Exception):
@@ -184,7 +193,8 @@ class C2SStream:
                     raise StreamError(
                         StreamErrorCondition.CONNECTION_TIMEOUT, "negotiation took too long"
                     )
-                wait = self.s.keepalive_interval
+                # Wake for the next keepalive or the idle deadline, whichever is first.
+                wait = min(self.s.keepalive_interval, last_rx + self.s.idle_timeout - now)
                 if self.session is None:
                     wait = min(wait, deadline - now)
                 try:
@@ -306,6 +316,8 @@ class C2SStream:
                     cb = feats.sub("sasl-channel-binding", ns.SASL_CB)
                     for binding in bindings:
                         cb.sub("channel-binding", attrs={"type": str(binding.type)})
+                if self.ctx.registration is not None:
+                    feats.add(self.ctx.registration.stream_feature())
         else:
             feats.sub("bind", ns.BIND)
             feats.sub("session", ns.SESSION).sub("optional")
@@ -346,6 +358,13 @@ class C2SStream:
             await self.ctx.sm.handle(self, el)
         elif self.user is None and not self.tls and self.s.require_tls and self.s.tls is not None:
             raise StreamError(StreamErrorCondition.POLICY_VIOLATION, "STARTTLS is required")
+        elif (
+            self.user is None
+            and el.name == "iq"
+            and el.ns == ns.CLIENT
+            and el.find_ns(ns.REGISTER) is not None
+        ):
+            await self._on_register(el)
         else:
             raise StreamError(StreamErrorCondition.NOT_AUTHORIZED, "authenticate first")
 
@@ -366,6 +385,17 @@ class C2SStream:
         self.tls = True
         self.parser.reset()
         raise _Restart
+
+    async def _on_register(self, iq: Element) -> None:
+        # XEP-0077 §3.1: in-band registration is the one IQ allowed before authentication;
+        # switched off, it is service-unavailable (the stream goes on).
+        if self.ctx.registration is None:
+            if iq.get("type") in ("get", "set"):
+                self.send_element(error_reply(iq, StanzaErrorCondition.SERVICE_UNAVAILABLE))
+            return
+        reply = await self.ctx.registration.handle(iq, self.address, self.domain)
+        if reply is not None:
+            self.send_element(reply)
 
     # --- SASL (RFC 6120 §6) ---------------------------------------------------------
     async def _on_sasl(self, el: Element) -> None:

@@ -1,0 +1,1 @@
+"""RFC 6120 server-to-server streams: resolution, connections, authentication."""

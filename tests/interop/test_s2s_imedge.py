@@ -1,0 +1,49 @@
+"""Two IM Edge instances federating over real s2s streams on loopback addresses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trustme
+
+from tests.helpers import Inbox, federated_server
+
+A, B = "a.test", "b.test"
+A_IP, B_IP = "127.0.0.10", "127.0.0.11"
+
+
+def edges(**extra: str) -> dict[str, object]:
+    return {"s2s.edge_addresses": {A: f"{A_IP}:5269", B: f"{B_IP}:5269", **extra}}
+
+
+async def test_chat_and_presence_between_two_imedge_servers(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    async with (
+        federated_server(tmp_path / "a", A, A_IP, ca, **edges()) as a,
+        federated_server(tmp_path / "b", B, B_IP, ca, **edges()) as b,
+    ):
+        alice = await a.add_user("alice")
+        bob = await b.add_user("bob")
+        ca_client = await a.client(alice)
+        cb_client = await b.client(bob)
+        inbox_b = Inbox(cb_client)
+        ca_client.send_message(mto=bob, mbody="hello across", mtype="chat")
+        msg = await inbox_b.get(timeout=10)
+        assert msg["body"] == "hello across"
+        assert str(msg["from"].bare) == alice
+        streams = a.server.s2s.streams() + b.server.s2s.streams()
+        assert any(s.auth == "sasl-external" for s in streams), streams
+        assert all(s.cert == "valid" for s in streams if s.remote)
+
+
+async def test_unreachable_domain_bounces_remote_server_not_found(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    async with federated_server(
+        tmp_path / "a", A, A_IP, ca, **edges(**{"down.test": "127.0.0.99:5269"})
+    ) as a:
+        alice = await a.add_user("alice")
+        client = await a.client(alice)
+        inbox = Inbox(client, "message_error")
+        client.send_message(mto="nobody@down.test", mbody="anyone?", mtype="chat")
+        err = await inbox.get(lambda m: m["type"] == "error", timeout=10)
+        assert err["error"]["condition"] == "remote-server-not-found"
