@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,26 @@ import trustme
 
 from imedge.app import Server, build_server
 from imedge.config import load_config
+from imedge.policy import Filter, Partner
 from imedge.services.accounts import AccountService
+from imedge.services.federation import FederationError
 
 DOMAIN = "localhost"
 PASSWORD = "correct horse battery staple"
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# The domains s2s tests use. Transport tests need traffic to flow, so by default every
+# instance lists the others as one partner with no filtering; tests of the federation
+# policy pass their own partner table.
+TEST_DOMAINS = (
+    "a.test", "b.test", "c.test", "edge1.test", "edge2.test", "down.test", "slow.test",
+    "nosuch.test", "z.test", "elsewhere.test", "wrong.test", "nobody.test", "impostor.test",
+)  # fmt: skip
+
+
+def open_partners(local_domain: str) -> tuple[Partner, ...]:
+    others = tuple(d for d in TEST_DOMAINS if d != local_domain)
+    return (Partner(name="test peers", domains=others, filter=Filter.ALL),)
 
 
 @dataclass
@@ -143,11 +158,16 @@ class RunningServer:
 
 
 @contextlib.asynccontextmanager
-async def running_server(tmp: Path, **overrides: Any) -> AsyncIterator[RunningServer]:
+async def running_server(
+    tmp: Path, *, partners: Sequence[Partner] | None = None, **overrides: Any
+) -> AsyncIterator[RunningServer]:
     pki = make_pki(tmp, DOMAIN)
     config = load_config(None, overrides=config_overrides(tmp, pki, **overrides))
     server = await build_server(config)
     await server.start()
+    for partner in open_partners(DOMAIN) if partners is None else partners:
+        with contextlib.suppress(FederationError):  # a restart on the same data keeps them
+            await server.federation.add_partner(partner, "test")
     rs = RunningServer(server, pki, tmp)
     try:
         yield rs
@@ -161,21 +181,34 @@ async def running_server(tmp: Path, **overrides: Any) -> AsyncIterator[RunningSe
 
 @contextlib.asynccontextmanager
 async def federated_server(
-    tmp: Path, domain: str, address: str, ca: trustme.CA, **overrides: Any
+    tmp: Path,
+    domain: str,
+    address: str,
+    ca: trustme.CA,
+    *,
+    partners: Sequence[Partner] | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[RunningServer]:
     """An IM Edge for `domain` on `address` (c2s 5222, s2s 5269), its certificate from `ca`,
     trusting `ca` for its peers."""
     pki = make_pki(tmp / "pki", domain, f"*.{domain}", ca=ca)
-    async with imedge_instance(tmp, domain, address, pki, **overrides) as rs:
+    async with imedge_instance(tmp, domain, address, pki, partners=partners, **overrides) as rs:
         yield rs
 
 
 @contextlib.asynccontextmanager
 async def imedge_instance(
-    tmp: Path, domain: str, address: str, pki: PkiFiles, **overrides: Any
+    tmp: Path,
+    domain: str,
+    address: str,
+    pki: PkiFiles,
+    *,
+    partners: Sequence[Partner] | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[RunningServer]:
     """An IM Edge for `domain` listening on `address` (c2s 5222, s2s 5269, as real peers
-    expect), with the given certificate, trusting `pki.ca_path` for its peers."""
+    expect), with the given certificate, trusting `pki.ca_path` for its peers, and the
+    given partner table."""
     settings = config_overrides(tmp, pki, domain=domain)
     settings.update(
         {
@@ -191,6 +224,9 @@ async def imedge_instance(
     settings.update(overrides)
     server = await build_server(load_config(None, overrides=settings))
     await server.start()
+    for partner in open_partners(domain) if partners is None else partners:
+        with contextlib.suppress(FederationError):  # a restart on the same data keeps them
+            await server.federation.add_partner(partner, "test")
     rs = RunningServer(server, pki, tmp)
     try:
         yield rs

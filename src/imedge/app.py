@@ -49,6 +49,7 @@ from imedge.server.metrics import Metrics
 from imedge.server.registry import SessionRegistry
 from imedge.server.router import Router
 from imedge.server.s2s.channel import Channel, TlsSettings
+from imedge.server.s2s.gate import FederationGate
 from imedge.server.s2s.pool import S2SPool
 from imedge.server.s2s.proxy_listener import ProxyProtocolError, read_proxy_header
 from imedge.server.s2s.resolver import S2SResolver
@@ -56,6 +57,7 @@ from imedge.server.s2s.settings import S2SSettings
 from imedge.server.stanzas import StanzaToRemote
 from imedge.server.tls import ensure_certificate, server_context
 from imedge.services.accounts import AccountService
+from imedge.services.federation import FederationService, LiveHooks
 from imedge.store.ports import Store
 from imedge.store.sql import open_store
 
@@ -179,18 +181,43 @@ class Server:
             max_depth=limits.max_xml_depth,
             edge_addresses={d: (e.host, e.port) for d, e in s2s.edge_addresses},
         )
+        # The federation gate: the one place where FEDERATION.md's policy applies.
+        self.gate = FederationGate(
+            self.store,
+            self.router,
+            self.metrics,
+            hosts=hosts,
+            require_tls=s2s.require_tls,
+            dialback=s2s.dialback,
+        )
         self.s2s = S2SPool(
             self.s2s_settings,
             self.s2s_tls,
             S2SResolver.from_config(cfg.dns),
             self.router,
             self.metrics,
+            policy=self.gate,
+        )
+        self.gate.open_streams = self.s2s.count_inbound
+        self.bus.subscribe(StanzaToRemote, self.gate.outbound, Priority.POLICY)
+        self.federation = FederationService(
+            self.store,
+            hosts,
+            LiveHooks(
+                apply=self.gate.update,
+                close_domain=self.s2s.close_domain,
+                close_all=self.s2s.close_all,
+                forget_user=self.gate.forget_user,
+                live_domains=self.s2s.live_domains,
+            ),
         )
         self.bus.subscribe(StanzaToRemote, self.s2s.on_stanza, Priority.NORMAL)
+        self.metrics.watch_s2s(self.s2s.streams, self.s2s.link_status)
 
     # --- listeners ------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
+        await self.federation.load()
         listen = cfg.listen
         if listen.c2s is not None:
             await self._listen("c2s", listen.c2s, self._c2s_handler(direct_tls=False), None)
@@ -305,6 +332,7 @@ class Server:
             await asyncio.wait(list(self._streams), timeout=5)
         await self.c2s.sm.shutdown()
         await self.s2s.close()
+        await self.gate.close()
         for server in self.listeners:
             with contextlib.suppress(Exception):
                 await server.wait_closed()

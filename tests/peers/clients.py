@@ -107,6 +107,13 @@ class PeerClients:
         return client
 
     async def close(self) -> None:
+        # Log out properly first. COMPAT: prosody 0.12.3 can crash in its own shutdown when
+        # SIGTERM arrives while it is still tearing down a client that was just cut off.
+        for c in self.clients:
+            if c.is_connected():
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(3):
+                        await c.disconnect()
         for c in self.clients:
             with contextlib.suppress(Exception):
                 c.abort()

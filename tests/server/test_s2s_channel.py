@@ -20,7 +20,8 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from imedge.server.s2s.certs import CertStatus, describe, verify_peer
+from imedge.policy import CertStatus
+from imedge.server.s2s.certs import describe, verify_peer
 from imedge.server.s2s.channel import (
     Channel,
     ChannelError,

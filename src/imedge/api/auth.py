@@ -1,25 +1,41 @@
 """Administrator authentication for the HTTP API: a bearer token, compared in constant time."""
 
-from __future__ import annotations
-
 import hmac
 from collections.abc import Callable
+from typing import Annotated
 
-from fastapi import Header, HTTPException, status
+from fastapi import Depends, HTTPException, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+HOW_TO_AUTHENTICATE = (
+    "send 'Authorization: Bearer <token>' with the admin token the server keeps in "
+    "<data_dir>/admin.token"
+)
 
 
-def bearer_guard(token: str) -> Callable[[str | None], None]:
+def bearer_guard(token: str) -> Callable[[HTTPAuthorizationCredentials | None], None]:
     """A FastAPI dependency that admits requests carrying `Authorization: Bearer <token>`."""
     expected = token.encode()
+    # auto_error=False: our 401 (not FastAPI's 403) with a body that says what to send.
+    scheme = HTTPBearer(
+        auto_error=False,
+        scheme_name="admin token",
+        description="The admin token from <data_dir>/admin.token",
+    )
 
-    def require_admin(authorization: str | None = Header(default=None)) -> None:
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                detail="admin credentials required: send 'Authorization: Bearer <token>' "
-                "(the token is in <data_dir>/admin.token)",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+    def require_admin(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)],
+    ) -> None:
+        if credentials is None:
+            problem = "admin credentials required"
+        elif not hmac.compare_digest(credentials.credentials.strip().encode(), expected):
+            problem = "the admin token is not valid"
+        else:
+            return
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail=f"{problem}: {HOW_TO_AUTHENTICATE}",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
     return require_admin

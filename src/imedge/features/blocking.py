@@ -25,6 +25,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from imedge.domain.blocking import matches
 from imedge.domain.errors import StanzaError, StanzaErrorCondition
 from imedge.domain.jid import Jid, JidMalformed
 from imedge.domain.roster import Subscription
@@ -70,15 +71,6 @@ class BlockList:
         # An item with a resource matches only that exact JID; a bare item every resource
         # of it; a domain item everything at that domain.
         return jid in items or jid.bare in items or jid.host in items
-
-
-def matches(item: Jid, jid: Jid) -> bool:
-    """Whether the block-list `item` covers `jid` (XEP-0016 §2.1 matching order)."""
-    if item.resource is not None:
-        return item == jid
-    if item.local is not None:
-        return item == jid.bare
-    return item.domain == jid.domain
 
 
 def parse_items(payload: Element) -> list[Jid]:

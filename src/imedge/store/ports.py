@@ -13,6 +13,7 @@ from typing import Protocol
 
 from imedge.domain.jid import Jid
 from imedge.domain.roster import RosterItem
+from imedge.policy import GlobalSettings, Partner, UserSettings
 
 
 class StoreError(Exception):
@@ -118,6 +119,104 @@ class BlockingStore(Protocol):
     async def unblock_all(self, user: Jid) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One federation decision kept in the audit log (FEDERATION.md §Every decision...)."""
+
+    at: float  # unix time
+    direction: str  # "in" | "out" | "stream"
+    domain: str  # the remote domain
+    partner: str | None  # the partner's name, None for a discovered or unknown domain
+    sender: str  # JID or domain as seen on the wire
+    recipient: str
+    kind: str  # policy.StanzaKind value, or "stream"
+    verdict: str  # policy.Verdict value
+    reason: str  # policy.Reason value
+    text: str  # the one-paragraph explanation
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEntry:
+    """One administrative change: who did what to which object."""
+
+    at: float
+    actor: str  # "cli:root", "api:token", "admin:alice@example.org", "directory-sync"...
+    action: str  # "partner.add", "partner.block", "settings.update", "user.federation"...
+    target: str  # the partner name, "settings", a user's JID
+    detail: str  # JSON text of the change (new values; never secrets)
+    id: int | None = None
+
+
+class FederationStore(Protocol):
+    """The partner table, global federation settings and per-user federation settings.
+
+    Every write takes the `actor` and records a `ChangeEntry` in the same transaction.
+    """
+
+    async def list_partners(self) -> list[Partner]: ...
+
+    async def get_partner(self, partner_id: int) -> Partner | None: ...
+
+    async def get_partner_by_name(self, name: str) -> Partner | None: ...
+
+    async def add_partner(self, partner: Partner, actor: str) -> Partner:
+        """Insert (partner.id is ignored); return it with its new id. `AlreadyExists` for a
+        duplicate name."""
+
+    async def update_partner(
+        self, partner: Partner, actor: str, action: str = "partner.edit"
+    ) -> Partner:
+        """Replace the row `partner.id`; `NotFound` if it is gone."""
+
+    async def remove_partner(self, partner_id: int, actor: str) -> None:
+        """`NotFound` if there is no such row."""
+
+    async def seed_defaults(self, partners: Sequence[Partner]) -> bool:
+        """On a fresh install only (never seeded before): insert these rows; True if it did.
+        Removing a default row later does not bring it back."""
+
+    async def get_settings(self) -> GlobalSettings:
+        """The saved settings, or the defaults if never saved."""
+
+    async def save_settings(self, settings: GlobalSettings, actor: str) -> None: ...
+
+    async def get_user_settings(self, user: Jid) -> UserSettings:
+        """The user's settings, or the defaults."""
+
+    async def save_user_settings(self, user: Jid, settings: UserSettings, actor: str) -> None: ...
+
+    async def list_user_settings(self) -> list[tuple[Jid, UserSettings]]:
+        """Users whose settings differ from the defaults."""
+
+    async def count_public_im(self) -> int:
+        """How many users hold a public IM licence."""
+
+
+class AuditStore(Protocol):
+    async def record(self, entries: Sequence[AuditEntry]) -> None:
+        """Append decisions (batched by the caller)."""
+
+    async def query(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        domain: str | None = None,
+        partner: str | None = None,
+        user: str | None = None,  # matches sender or recipient (bare JID)
+        reason: str | None = None,
+        limit: int = 100,
+    ) -> list[AuditEntry]:
+        """Newest first."""
+
+    async def prune(self, keep: int) -> int:
+        """Keep only the newest `keep` entries; return how many were removed."""
+
+    async def changes(self, *, since: float | None = None, limit: int = 100) -> list[ChangeEntry]:
+        """The administrative change log, newest first."""
+
+
 class Store(Protocol):
     """All ports together; `close()` releases connections."""
 
@@ -126,6 +225,8 @@ class Store(Protocol):
     subscription_requests: SubscriptionRequestStore
     offline: OfflineStore
     blocking: BlockingStore
+    federation: FederationStore
+    audit: AuditStore
 
     async def ping(self) -> None:
         """Raise `StoreError` if the database cannot be reached."""

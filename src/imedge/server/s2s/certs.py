@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Final
 
 import idna
@@ -17,6 +16,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 from OpenSSL import SSL
 
+from imedge.policy import CertStatus
 from imedge.server.s2s.channel import TlsInfo
 
 __all__ = [
@@ -49,16 +49,6 @@ _UNKNOWN_ISSUER: Final = frozenset(
         _V.ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE,
     }
 )
-
-
-class CertStatus(StrEnum):
-    """How a peer's certificate fares for the domain it claims (FEDERATION.md §Inbound 2)."""
-
-    VALID = "valid"
-    NO_CERTIFICATE = "no_certificate"
-    UNTRUSTED = "untrusted"  # the chain did not verify against our trust store
-    EXPIRED = "expired"  # the chain verified but for validity dates
-    NAME_MISMATCH = "name_mismatch"  # a trusted certificate, for another domain
 
 
 @dataclass(frozen=True, slots=True)

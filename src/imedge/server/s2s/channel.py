@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import ipaddress
 import logging
+import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -95,7 +96,15 @@ def verify_error_text(code: int) -> str:
 
 
 class ChannelError(ConnectionError):
-    """The channel cannot carry the stream any more; the message says why."""
+    """The channel cannot carry the stream any more; the message says why.
+
+    `timed_out` is True when the peer did not answer in time (as opposed to refusing or
+    failing): callers report that as temporary (RFC 6120 §8.3.3.14 remote-server-timeout).
+    """
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 class TlsHandshakeError(ChannelError):
@@ -302,16 +311,19 @@ class Channel:
         *,
         timeout: float,  # noqa: ASYNC109 -- one deadline for the connect, given by the caller
     ) -> Channel:
-        """Open a TCP connection; OSError/TimeoutError become ChannelError."""
+        """Open a TCP connection; OSError/TimeoutError become ChannelError (with
+        `timed_out` set for the latter)."""
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(host, port)
         except TimeoutError:
             raise ChannelError(
-                f"connecting to {host}:{port} timed out after {timeout:g}s"
+                f"connecting to {host}:{port} timed out after {timeout:g}s", timed_out=True
             ) from None
         except OSError as exc:
-            reason = exc.strerror or str(exc)
+            # asyncio's strerror is "Connect call failed (...)"; the errno's words
+            # ("Connection refused") are what an operator can act on.
+            reason = os.strerror(exc.errno).lower() if exc.errno else (exc.strerror or str(exc))
             raise ChannelError(f"cannot connect to {host}:{port}: {reason}") from None
         return cls(reader, writer)
 
@@ -473,7 +485,7 @@ class Channel:
         except TimeoutError:
             self._abort()
             raise TlsHandshakeError(
-                f"TLS handshake with {self._peer} timed out after {timeout:g}s"
+                f"TLS handshake with {self._peer} timed out after {timeout:g}s", timed_out=True
             ) from None
         except TlsHandshakeError:
             self._abort()

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from imedge.domain.errors import StreamError, StreamErrorCondition
 from imedge.domain.jid import Jid, JidMalformed, prep_domain
+from imedge.policy import AuthMethod, CertStatus
 from imedge.protocol import dialback, ns
 from imedge.protocol.dialback import DialbackType
 from imedge.protocol.element import Element, escape_attr, escape_text
@@ -23,11 +24,11 @@ from imedge.protocol.stanza import STANZA_KINDS
 from imedge.protocol.xml import StreamHeader
 from imedge.server.metrics import Metrics
 from imedge.server.router import Router
-from imedge.server.s2s.certs import CertStatus, describe, verify_peer
+from imedge.server.s2s.certs import describe, verify_peer
 from imedge.server.s2s.channel import Channel, TlsInfo, TlsSettings
-from imedge.server.s2s.info import AuthMethod, Direction, S2SStreamInfo
+from imedge.server.s2s.info import Direction, S2SStreamInfo
 from imedge.server.s2s.link import CLOSE, Link, StreamClosed, header, new_stream_id
-from imedge.server.s2s.settings import S2SSettings
+from imedge.server.s2s.settings import FederationPolicy, PeerRules, S2SSettings
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,14 @@ class InboundStream(Link):
         *,
         verifier: Verifier,
         metrics: Metrics,
+        policy: FederationPolicy,
         tls_info: TlsInfo | None = None,
     ) -> None:
         info = S2SStreamInfo(new_stream_id(), Direction.INBOUND, "", None, channel.peer)
         super().__init__(channel, settings, info, metrics)
         self.tls_settings = tls
         self.router = router
+        self.policy = policy
         self.verifier = verifier
         self.tls_info = tls_info
         self.peer_domain: str | None = None  # the header's `from`
@@ -152,11 +155,14 @@ class InboundStream(Link):
             required = "<required/>" if self.settings.require_tls else ""
             parts.append(f"<starttls xmlns='{ns.TLS}'>{required}</starttls>")
         if self.tls or not self.settings.require_tls:
-            if not self.info.authenticated and self._external_possible():
+            # The partner row may forbid a method (FEDERATION.md §The partner table).
+            rules = self.policy.rules(self.peer_domain) if self.peer_domain else PeerRules()
+            if not self.info.authenticated and rules.sasl_external and self._external_possible():
                 parts.append(
                     f"<mechanisms xmlns='{ns.SASL}'><mechanism>EXTERNAL</mechanism></mechanisms>"
                 )
-            if self.settings.dialback and self.info.auth is not AuthMethod.SASL_EXTERNAL:
+            dialback = self.settings.dialback and rules.dialback
+            if dialback and self.info.auth is not AuthMethod.SASL_EXTERNAL:
                 parts.append(f"<dialback xmlns='{ns.DIALBACK_FEATURE}'><errors/></dialback>")
         return ("<stream:features>" + "".join(parts) + "</stream:features>").encode()
 
@@ -238,10 +244,9 @@ class InboundStream(Link):
             self.info.auth = method
         if not self.info.authenticated:
             self.info.remote = domain
-        if self.settings.accept_peer is not None:
-            refusal = self.settings.accept_peer(self.info, domain)
-            if refusal:
-                return refusal
+        refusal = self.policy.admit(self.info, domain)
+        if refusal:
+            return refusal
         self.info.authenticated.add(domain)
         self.log.info("%s authenticated with %s (certificate %s)", domain, method, status)
         return None
@@ -283,13 +288,15 @@ class InboundStream(Link):
     async def _verify_result(self, local: str, remote: str, key: str) -> None:
         # A certificate that proves the domain makes the round-trip unnecessary (XEP-0344).
         if self._cert_for(remote) is CertStatus.VALID:
-            valid = True
+            valid, outcome = True, "certificate"
         else:
             try:
                 valid = await self.verifier(local, remote, self.info.id, key)
+                outcome = "valid" if valid else "invalid"
             except Exception as exc:  # the authoritative server could not be asked
                 self.log.info("dialback verification of %s failed: %s", remote, exc)
-                valid = False
+                valid, outcome = False, "error"
+        self.metrics.s2s_dialback.labels(outcome).inc()
         if self.closed:
             return
         refusal = self._admit(remote, AuthMethod.DIALBACK) if valid else None
@@ -346,4 +353,5 @@ class InboundStream(Link):
             raise StreamError(
                 StreamErrorCondition.HOST_UNKNOWN, f"this server does not serve {to.domain}"
             )
-        await self.router.route(el, from_, to)
+        if await self.policy.inbound(el, from_, to, self.info):
+            await self.router.route(el, from_, to)

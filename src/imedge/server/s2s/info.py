@@ -6,18 +6,12 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from imedge.server.s2s.certs import CertStatus
+from imedge.policy import AuthMethod, CertStatus
 
 
 class Direction(StrEnum):
     INBOUND = "in"
     OUTBOUND = "out"
-
-
-class AuthMethod(StrEnum):
-    NONE = "none"
-    SASL_EXTERNAL = "sasl-external"  # RFC 6120 §6 with a certificate (XEP-0178)
-    DIALBACK = "dialback"  # XEP-0220
 
 
 @dataclass(slots=True)
@@ -35,6 +29,7 @@ class S2SStreamInfo:
     authenticated: set[str] = field(default_factory=set)  # remote domains proven on this stream
     stanzas_in: int = 0
     stanzas_out: int = 0
+    throttled: int = 0  # stanzas read late because the peer was over its rate
     closed: str | None = None  # why it ended
 
     @property
@@ -57,4 +52,5 @@ class S2SStreamInfo:
             "authenticated_domains": sorted(self.authenticated),
             "stanzas_in": self.stanzas_in,
             "stanzas_out": self.stanzas_out,
+            "throttled": self.throttled,
         }

@@ -104,7 +104,10 @@ class Link:
         self._last_refill = now
         self._tokens = min(rate * 2.0, self._tokens + (now - last) * rate)
         if self._tokens < 1.0:
+            self.info.throttled += 1
             await asyncio.sleep((1.0 - self._tokens) / rate)
+            # The sleep earned the token: refill from now on, or it is counted twice.
+            self._last_refill = loop.time()
             self._tokens = 1.0
         self._tokens -= 1.0
 

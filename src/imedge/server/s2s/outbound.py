@@ -13,16 +13,17 @@ import base64
 import logging
 
 from imedge.domain.errors import StreamError
+from imedge.policy import AuthMethod, CertStatus
 from imedge.protocol import dialback, ns
 from imedge.protocol.dialback import DialbackType
 from imedge.protocol.element import Element
 from imedge.protocol.xml import StreamHeader
 from imedge.server.metrics import Metrics
-from imedge.server.s2s.certs import CertStatus, describe, verify_peer
+from imedge.server.s2s.certs import describe, verify_peer
 from imedge.server.s2s.channel import Channel, TlsSettings
-from imedge.server.s2s.info import AuthMethod, Direction, S2SStreamInfo
+from imedge.server.s2s.info import Direction, S2SStreamInfo
 from imedge.server.s2s.link import CLOSE, Link, StreamClosed, header, new_stream_id
-from imedge.server.s2s.settings import S2SSettings
+from imedge.server.s2s.settings import PeerRules, S2SSettings
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class OutboundStream(Link):
         self.remote = remote
         self.peer_stream_id: str | None = None
         self._pending_verify: dict[str, asyncio.Future[bool]] = {}
+        self._serving = False  # serve() is reading this stream
         self.last_sent = 0.0
 
     # --- negotiation ------------------------------------------------------------------
@@ -99,14 +101,18 @@ class OutboundStream(Link):
             raise S2SFailure("stream", "the peer sent no stream features")
         return h, feats
 
-    async def negotiate(self, *, authenticate: bool = True) -> None:
-        """Bring the stream to the point where stanzas (or db:verify) may be sent."""
+    async def negotiate(self, *, authenticate: bool = True, rules: PeerRules | None = None) -> None:
+        """Bring the stream to the point where stanzas (or db:verify) may be sent, within
+        what the remote domain's partner row allows (`rules`)."""
+        rules = rules or PeerRules(
+            tls_required=self.settings.require_tls, dialback=self.settings.dialback
+        )
         h, feats = await self._open()
         if self.channel.tls is None:
-            if feats.find("starttls", ns.TLS) is not None:
+            if feats.find("starttls", ns.TLS) is not None and rules.starttls:
                 await self._starttls()
                 h, feats = await self._open()
-            elif self.settings.require_tls:
+            elif rules.tls_required:
                 raise S2SFailure("tls", f"{self.remote} does not offer TLS, and we require it")
         self._record_certificate()
         if not authenticate:
@@ -116,12 +122,24 @@ class OutboundStream(Link):
             {m.text.strip() for m in mechs.find_all("mechanism")} if mechs is not None else set()
         )
         have_cert = self.tls_settings.certificate_der is not None
-        if "EXTERNAL" in offered and have_cert and await self._sasl_external():
+        if (
+            "EXTERNAL" in offered
+            and have_cert
+            and rules.sasl_external
+            and await self._sasl_external()
+        ):
             return
-        can_dialback = feats.find("dialback", ns.DIALBACK_FEATURE) is not None or (
-            h.declared_prefixes.get("db") == ns.DIALBACK
-        )
-        if self.settings.dialback and can_dialback:
+        if rules.sasl_external_required:
+            raise S2SFailure(
+                "authentication",
+                f"{self.remote} must accept our certificate (SASL EXTERNAL is required for it)",
+            )
+        # XEP-0220 §2.4: a server that speaks stream features advertises dialback; only a
+        # pre-1.0 server (no features at all) is judged by its `db` prefix declaration.
+        advertised = feats.find("dialback", ns.DIALBACK_FEATURE) is not None
+        pre_features = not (h.version or "").startswith("1.")
+        can_dialback = advertised or (pre_features and h.declared_prefixes.get("db") == ns.DIALBACK)
+        if self.settings.dialback and rules.dialback and can_dialback:
             await self._dialback(h)
             return
         if "EXTERNAL" in offered:
@@ -214,14 +232,28 @@ class OutboundStream(Link):
         self.write(dialback.element("verify", self.local, self.remote, id_=stream_id, key=key))
         try:
             async with asyncio.timeout(self.settings.negotiation_timeout):
+                if not self._serving:
+                    # A connection opened only for this question: nobody else reads it.
+                    await self._read_until(fut)
                 return await fut
         finally:
             self._pending_verify.pop(stream_id, None)
+
+    async def _read_until(self, fut: asyncio.Future[bool]) -> None:
+        while not fut.done() and not self.closed:
+            item = await self.next_item(self.settings.negotiation_timeout)
+            if item is CLOSE:
+                break
+            if isinstance(item, Element):
+                self._on_element(item)
+        if not fut.done():
+            raise S2SFailure("dialback", f"{self.remote} ended the stream without answering")
 
     async def serve(self) -> None:
         """Read what the peer sends on our outbound stream until it ends or idles out."""
         loop = asyncio.get_running_loop()
         self.last_sent = loop.time()
+        self._serving = True
         try:
             while not self.closed:
                 idle_left = self.settings.idle_timeout - (loop.time() - self.last_sent)
@@ -246,6 +278,7 @@ class OutboundStream(Link):
             self.closed = True
             self.channel.close()
         finally:
+            self._serving = False
             for fut in self._pending_verify.values():
                 if not fut.done():
                     fut.set_result(False)

@@ -21,12 +21,12 @@ from imedge.domain.jid import Jid
 from imedge.protocol.element import Element
 from imedge.server.metrics import Metrics
 from imedge.server.router import Router
-from imedge.server.s2s.channel import Channel, TlsSettings
+from imedge.server.s2s.channel import Channel, ChannelError, TlsSettings
 from imedge.server.s2s.inbound import InboundStream
 from imedge.server.s2s.info import S2SStreamInfo
 from imedge.server.s2s.outbound import OutboundStream, S2SFailure
 from imedge.server.s2s.resolver import ResolutionError, S2SResolver, Target
-from imedge.server.s2s.settings import S2SSettings
+from imedge.server.s2s.settings import FederationPolicy, OpenPolicy, S2SSettings
 from imedge.server.stanzas import StanzaToRemote
 
 log = logging.getLogger(__name__)
@@ -83,34 +83,42 @@ class OutboundLink:
 
     async def _run(self) -> None:
         try:
-            while self.queue:
-                try:
-                    stream = await self.pool.connect(self.local, self.remote, authenticate=True)
-                except S2SFailure as failure:
-                    self._failed(failure)
-                    await self.bounce_all(failure)
-                    return
-                self.failures = 0
-                self.last_error = None
-                self.last_success = time.time()
-                self.stream = stream
-                self.pool.outbound.add(stream)
-                while self.queue:
-                    stanza, _, _ = self.queue.popleft()
-                    stream.send(stanza)
-                try:
-                    await stream.serve()
-                finally:
-                    self.stream = None
-                    self.pool.outbound.discard(stream)
-                    self.pool.finished(stream.info)
+            await self._connect_and_serve()
+        except Exception as exc:
+            # A bug must not strand the queue: its stanzas go back to their senders.
+            log.exception("outbound link %s -> %s failed", self.local, self.remote)
+            await self.bounce_all(S2SFailure("internal", f"internal error: {exc}", temporary=True))
         finally:
             self.task = None
+
+    async def _connect_and_serve(self) -> None:
+        while self.queue:
+            try:
+                stream = await self.pool.connect(self.local, self.remote, authenticate=True)
+            except S2SFailure as failure:
+                self._failed(failure)
+                await self.bounce_all(failure)
+                return
+            self.failures = 0
+            self.last_error = None
+            self.last_success = time.time()
+            self.stream = stream
+            self.pool.outbound.add(stream)
+            while self.queue:
+                stanza, _, _ = self.queue.popleft()
+                stream.send(stanza)
+            try:
+                await stream.serve()
+            finally:
+                self.stream = None
+                self.pool.outbound.discard(stream)
+                self.pool.finished(stream.info)
 
     def _failed(self, failure: S2SFailure) -> None:
         self.failures += 1
         self.last_error = failure
         self.last_failure = time.time()
+        self.pool.metrics.s2s_link_failures.labels(self.remote, failure.step).inc()
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (self.failures - 1))
         self.retry_at = asyncio.get_running_loop().time() + delay
         log.warning(
@@ -170,8 +178,11 @@ class S2SPool:
         resolver: S2SResolver,
         router: Router,
         metrics: Metrics,
+        *,
+        policy: FederationPolicy | None = None,
     ) -> None:
         self.settings = settings
+        self.policy: FederationPolicy = policy or OpenPolicy(settings)
         self.tls = tls
         self.resolver = resolver
         self.router = router
@@ -212,8 +223,12 @@ class S2SPool:
             await self.router.bounce(ev.stanza, ev.from_, ev.to, err)
         return True
 
+    def edge_address(self, remote: str) -> tuple[str, int] | None:
+        """The partner's edge address, else the one in `[s2s.edge_addresses]`."""
+        return self.policy.edge_address(remote) or self.settings.edge_addresses.get(remote)
+
     async def targets(self, remote: str) -> list[Target]:
-        override = self.settings.edge_addresses.get(remote)
+        override = self.edge_address(remote)
         try:
             targets = await self.resolver.resolve(remote, override=override)
         except ResolutionError as exc:
@@ -232,13 +247,10 @@ class S2SPool:
                 channel = await Channel.connect(
                     host, target.port, timeout=self.settings.connect_timeout
                 )
-            except TimeoutError:
-                failures.append(
-                    S2SFailure("connect", f"{host}:{target.port} timed out", temporary=True)
-                )
-                continue
-            except OSError as exc:
-                failures.append(S2SFailure("connect", str(exc)))
+            except ChannelError as exc:
+                # No answer in time is temporary (remote-server-timeout, RFC 6120
+                # §8.3.3.14); a refusal means nothing listens there (-not-found).
+                failures.append(S2SFailure("connect", str(exc), temporary=exc.timed_out))
                 continue
             stream = OutboundStream(
                 channel, self.settings, self.tls, local, remote, metrics=self.metrics
@@ -252,7 +264,9 @@ class S2SPool:
                         timeout=self.settings.negotiation_timeout,
                     )
                 async with asyncio.timeout(self.settings.negotiation_timeout):
-                    await stream.negotiate(authenticate=authenticate)
+                    await stream.negotiate(
+                        authenticate=authenticate, rules=self.policy.rules(remote)
+                    )
             except S2SFailure as failure:
                 stream.close()
                 failures.append(failure)
@@ -265,7 +279,10 @@ class S2SPool:
                 continue
             except Exception as exc:
                 stream.close()
-                failures.append(S2SFailure("tls", f"{host}:{target.port}: {exc}"))
+                timed_out = isinstance(exc, ChannelError) and exc.timed_out
+                failures.append(
+                    S2SFailure("tls", f"{host}:{target.port}: {exc}", temporary=timed_out)
+                )
                 continue
             log.info(
                 "outbound stream %s -> %s via %s:%d: %s, %s, certificate %s",
@@ -309,6 +326,7 @@ class S2SPool:
             self.router,
             verifier=self.verify_dialback,
             metrics=self.metrics,
+            policy=self.policy,
             tls_info=tls_info,
         )
         self.inbound.add(stream)
@@ -324,6 +342,24 @@ class S2SPool:
 
     def link_status(self) -> list[LinkStatus]:
         return [link.status() for link in self.links.values()]
+
+    def live_domains(self) -> list[str]:
+        """Remote domains with a live stream, either way."""
+        out: set[str] = set()
+        for inbound in self.inbound:
+            out |= inbound.info.authenticated
+        out |= {o.remote for o in self.outbound}
+        return sorted(out)
+
+    def count_inbound(self, domain: str) -> int:
+        return sum(1 for s in self.inbound if domain in s.info.authenticated)
+
+    def close_all(self, reason: str) -> int:
+        """Federation switched off: close every stream, both ways."""
+        n = 0
+        for domain in self.live_domains():
+            n += self.close_domain(domain, reason)
+        return n
 
     def close_domain(self, remote: str, reason: str) -> int:
         """Close every live stream with `remote` (blocking a partner); return how many."""

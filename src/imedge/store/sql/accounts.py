@@ -19,6 +19,7 @@ _OWNED = (
     (t.subscription_requests, t.subscription_requests.c.user_jid),
     (t.offline_messages, t.offline_messages.c.user_jid),
     (t.blocklist, t.blocklist.c.user_jid),
+    (t.user_federation_settings, t.user_federation_settings.c.user_jid),
     (t.credentials, t.credentials.c.jid),
 )
 

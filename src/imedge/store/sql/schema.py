@@ -116,3 +116,137 @@ blocklist = Table(
     Column("user_jid", String(BARE_JID), primary_key=True),
     Column("blocked_jid", String(FULL_JID), primary_key=True),
 )
+
+# --- federation (FEDERATION.md), revision 0002 --------------------------------------------
+
+PARTNER_NAME = 255  # the policy layer allows 100 characters; room to grow without a migration
+DOMAIN_PATTERN = 1025  # "*." and a domainpart of at most 1023 bytes (RFC 7622 §3.2)
+DOMAIN = 1023
+
+# Small facts about the database itself, e.g. that the default partners were seeded once.
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+partners = Table(
+    "partners",
+    metadata,
+    # SQLite: AUTOINCREMENT, so the id of a removed partner never names a new one.
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(PARTNER_NAME), nullable=False),
+    # name.strip().casefold(): names are unique ignoring case, as the policy layer checks.
+    Column("name_key", String(PARTNER_NAME), nullable=False, unique=True),
+    Column("comment", Text, nullable=False),
+    Column("edge_address", Text, nullable=True),  # "host:port", "[v6]:port"
+    Column("allowed", Boolean, nullable=False),
+    Column("public", Boolean, nullable=False),
+    Column("filter", String(16), nullable=False),
+    Column("tls", String(16), nullable=False),
+    Column("sasl_external", String(16), nullable=False),
+    Column("dialback", Boolean, nullable=False),
+    Column("connection_limit", Integer, nullable=True),
+    Column("origin", Text, nullable=False),  # "manual", "default", "peer-server:<id>"
+    CheckConstraint("filter IN ('contacts_only', 'verified', 'all')", name="filter"),
+    CheckConstraint("tls IN ('required', 'optional', 'off')", name="tls"),
+    CheckConstraint("sasl_external IN ('required', 'optional', 'off')", name="sasl_external"),
+    sqlite_autoincrement=True,
+)
+
+# One row per domain pattern of a partner, in the administrator's order. A pattern belongs
+# to one partner only (the policy layer checks it; the constraint closes the race).
+partner_domains = Table(
+    "partner_domains",
+    metadata,
+    Column(
+        "partner_id",
+        Integer,
+        ForeignKey("partners.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("position", Integer, primary_key=True),
+    Column("pattern", String(DOMAIN_PATTERN), nullable=False, unique=True),
+)
+
+# GlobalSettings: exactly one row (id = 1) once saved; no row means the defaults.
+federation_settings = Table(
+    "federation_settings",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("federation", Boolean, nullable=False),
+    Column("open_federation", Boolean, nullable=False),
+    Column("open_federation_max_contacts", Integer, nullable=False),
+    Column("open_federation_stanza_rate", Double, nullable=False),
+    Column("blocked_domains", Text, nullable=False),  # JSON array of patterns
+    Column("public_im_licences", Integer, nullable=False),
+    CheckConstraint("id = 1", name="single_row"),
+)
+
+# UserSettings of the users whose settings differ from the defaults.
+user_federation_settings = Table(
+    "user_federation_settings",
+    metadata,
+    Column("user_jid", String(BARE_JID), primary_key=True),
+    Column("federation", Boolean, nullable=False),
+    Column("public_im", Boolean, nullable=False),
+    Column("verified_subscriptions", String(16), nullable=False),
+    Column("block_non_allowed_im", Boolean, nullable=False),
+    Column("allow_list", Text, nullable=False),  # JSON array of bare JIDs and patterns
+    CheckConstraint(
+        "verified_subscriptions IN ('allow', 'block', 'prompt')", name="verified_subscriptions"
+    ),
+)
+
+# Administrative changes: who did what to which object (never secrets).
+change_log = Table(
+    "change_log",
+    metadata,
+    Column(
+        "id",
+        BigInteger().with_variant(Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    Column("at", Double, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", Text, nullable=False),
+    Column("detail", Text, nullable=False),  # JSON
+    Index("ix_change_log_at", "at"),
+    sqlite_autoincrement=True,
+)
+
+# Federation decisions (FEDERATION.md §Every decision is explainable), bounded by pruning.
+# `sender_bare` / `recipient_bare` are the bare forms the `user` filter matches; indexed
+# columns are clipped to sizes a B-tree entry can hold, whatever arrives on the wire.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column(
+        "id",
+        BigInteger().with_variant(Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    Column("at", Double, nullable=False),
+    Column("direction", String(16), nullable=False),
+    Column("domain", String(DOMAIN), nullable=False),
+    Column("partner", String(PARTNER_NAME), nullable=True),
+    Column("sender", Text, nullable=False),
+    Column("recipient", Text, nullable=False),
+    Column("sender_bare", String(BARE_JID), nullable=False),
+    Column("recipient_bare", String(BARE_JID), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("verdict", String(32), nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("text", Text, nullable=False),
+    Index("ix_audit_log_at_id", "at", "id"),
+    Index("ix_audit_log_domain_at", "domain", "at"),
+    Index("ix_audit_log_partner_at", "partner", "at"),
+    Index("ix_audit_log_sender_bare_at", "sender_bare", "at"),
+    Index("ix_audit_log_recipient_bare_at", "recipient_bare", "at"),
+    Index("ix_audit_log_reason_at", "reason", "at"),
+    sqlite_autoincrement=True,
+)

@@ -6,15 +6,19 @@ from sqlalchemy import text
 
 from imedge.store.ports import (
     AccountStore,
+    AuditStore,
     BlockingStore,
+    FederationStore,
     OfflineStore,
     RosterStore,
     Store,
     SubscriptionRequestStore,
 )
 from imedge.store.sql.accounts import SqlAccountStore
+from imedge.store.sql.audit import SqlAuditStore
 from imedge.store.sql.blocking import SqlBlockingStore
 from imedge.store.sql.database import Database
+from imedge.store.sql.federation import SqlFederationStore
 from imedge.store.sql.offline import SqlOfflineStore
 from imedge.store.sql.rosters import SqlRosterStore, SqlSubscriptionRequestStore
 
@@ -29,6 +33,8 @@ class SqlStore:
         self.subscription_requests: SubscriptionRequestStore = SqlSubscriptionRequestStore(db)
         self.offline: OfflineStore = SqlOfflineStore(db)
         self.blocking: BlockingStore = SqlBlockingStore(db)
+        self.federation: FederationStore = SqlFederationStore(db)
+        self.audit: AuditStore = SqlAuditStore(db)
 
     async def ping(self) -> None:
         async with self.db.read() as conn:
