@@ -11,7 +11,7 @@ import signal
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
 
@@ -209,6 +209,9 @@ class Server:
                 close_all=self.s2s.close_all,
                 forget_user=self.gate.forget_user,
                 live_domains=self.s2s.live_domains,
+                streams=lambda: [info.as_dict() for info in self.s2s.streams()],
+                links=lambda: [asdict(link) for link in self.s2s.link_status()],
+                decision_counts=lambda: dict(self.gate.counts),
             ),
         )
         self.bus.subscribe(StanzaToRemote, self.s2s.on_stanza, Priority.NORMAL)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import trustme
 
+from imedge.domain.jid import Jid
 from tests.helpers import Inbox, federated_server
 
 A, B = "a.test", "b.test"
@@ -47,3 +48,44 @@ async def test_unreachable_domain_bounces_remote_server_not_found(tmp_path: Path
         client.send_message(mto="nobody@down.test", mbody="anyone?", mtype="chat")
         err = await inbox.get(lambda m: m["type"] == "error", timeout=10)
         assert err["error"]["condition"] == "remote-server-not-found"
+
+
+async def test_subscription_presence_and_offline_between_two_imedge_servers(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    async with (
+        federated_server(tmp_path / "a", A, A_IP, ca, **edges()) as a,
+        federated_server(tmp_path / "b", B, B_IP, ca, **edges()) as b,
+    ):
+        alice, bob = await a.add_user("alice"), await b.add_user("bob")
+        ca_client, cb_client = await a.client(alice), await b.client(bob)
+
+        # bob approves alice's request and asks back; both then see each other online.
+        seen_by_alice = Inbox(ca_client, "presence_available")
+        seen_by_bob = Inbox(cb_client, "presence_available")
+        cb_client.add_event_handler(
+            "presence_subscribe",
+            lambda p: cb_client.send_presence(pto=p["from"].bare, ptype="subscribed"),
+        )
+        ca_client.add_event_handler(
+            "presence_subscribe",
+            lambda p: ca_client.send_presence(pto=p["from"].bare, ptype="subscribed"),
+        )
+        ca_client.send_presence(pto=bob, ptype="subscribe")
+        cb_client.send_presence(pto=alice, ptype="subscribe")
+        await seen_by_alice.get(lambda p: p["from"].bare == bob, timeout=10)
+        await seen_by_bob.get(lambda p: p["from"].bare == alice, timeout=10)
+        roster = await a.server.store.rosters.get_item(Jid.parse(alice), Jid.parse(bob))
+        assert roster is not None
+        assert roster.subscription == "both"
+
+        # bob logs out: alice sees him go; her message waits for him on his server.
+        gone = Inbox(ca_client, "presence_unavailable")
+        cb_client.disconnect()
+        await gone.get(lambda p: p["from"].bare == bob, timeout=10)
+        ca_client.send_message(mto=bob, mbody="while you were away", mtype="chat")
+        back = await b.client(bob, start=False)
+        inbox = Inbox(back)
+        back.send_presence()
+        got = await inbox.get(lambda m: m["body"] == "while you were away", timeout=10)
+        assert got["from"].bare == alice
+        assert "urn:xmpp:delay" in str(got)  # delivered from offline storage

@@ -65,6 +65,11 @@ class LiveHooks:
     close_all: Callable[[str], int] = lambda _reason: 0
     forget_user: Callable[[Jid], None] = lambda _user: None
     live_domains: Callable[[], list[str]] = list
+    streams: Callable[[], list[dict[str, object]]] = list  # S2SStreamInfo.as_dict() each
+    links: Callable[[], list[dict[str, object]]] = list  # outbound link status each
+    decision_counts: Callable[[], dict[tuple[str, str, str], int]] = (
+        dict  # (partner, verdict, reason)
+    )
 
 
 class FederationService:
@@ -176,6 +181,35 @@ class FederationService:
         if closed:
             log.info("closed %d stream(s) of partner %s: %s", closed, partner.name, reason)
         return closed
+
+    def partner_status(self, name_or_id: str | int) -> dict[str, object]:
+        """FEDERATION.md §Every decision is explainable: live streams, last success and
+        failure of our links to it, and its decisions counted by verdict and reason."""
+        partner = self.find(name_or_id)
+
+        def covered(domain: object) -> bool:
+            return isinstance(domain, str) and any(covers(p, domain) for p in partner.domains)
+
+        streams = [s for s in self.hooks.streams() if covered(s.get("remote"))]
+        links = [link for link in self.hooks.links() if covered(link.get("remote"))]
+        successes = [float(str(x["last_success"])) for x in links if x.get("last_success")]
+        failures = [x for x in links if x.get("last_failure")]
+        last_failure = max(failures, key=lambda x: float(str(x["last_failure"])), default=None)
+        counts = [
+            {"verdict": verdict, "reason": reason, "count": n}
+            for (label, verdict, reason), n in sorted(self.hooks.decision_counts().items())
+            if label == partner.label
+        ]
+        return {
+            "partner": partner.name,
+            "allowed": partner.allowed,
+            "streams": streams,
+            "links": links,
+            "last_success": max(successes, default=None),
+            "last_failure": last_failure.get("last_failure") if last_failure else None,
+            "last_failure_reason": last_failure.get("last_error") if last_failure else None,
+            "decisions": counts,
+        }
 
     # --- global settings ------------------------------------------------------------
     async def settings(self) -> GlobalSettings:
