@@ -17,9 +17,11 @@ from types import ModuleType
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from fastapi import APIRouter
 
 from imedge import __version__
-from imedge.api.auth import bearer_guard
+from imedge.api.auth import AdminAuth
+from imedge.api.federation import federation_router
 from imedge.api.http import EmbeddedServer, create_app, http_server
 from imedge.api.s2s import s2s_router
 from imedge.config import Config, Endpoint
@@ -237,7 +239,7 @@ class Server:
                 registry=self.metrics.registry,
                 check_store=self.store.ping,
                 sessions=lambda: len(self.sessions),
-                routers=[s2s_router(self.s2s, cfg.domain, bearer_guard(self.admin_token))],
+                routers=self._api_routers(),
             )
             # Bind the socket ourselves: a busy port is then an OSError like the XMPP
             # listeners', instead of uvicorn exiting the process.
@@ -252,6 +254,28 @@ class Server:
                     raise OSError(f"HTTP listener on {listen.http} did not start")
                 await asyncio.sleep(0.01)
             self.bound["http"] = Endpoint(listen.http.host, sock.getsockname()[1])
+
+    def _api_routers(self) -> list[APIRouter]:
+        """The admin REST API, behind the admin token or an administrator account."""
+        cfg = self.config
+        guard = AdminAuth(
+            self.admin_token,
+            accounts=self.c2s.auth,  # the c2s login throttle counts API failures too
+            admins=cfg.accounts.admins,
+            domain=cfg.domain,
+            iterations=cfg.accounts.scram_iterations,
+        ).dependency()
+        return [
+            s2s_router(self.s2s, cfg.domain, guard),
+            federation_router(
+                self.federation,
+                self.store,
+                self.s2s,
+                default_local=cfg.domain,
+                guard=guard,
+                flush_audit=self.gate.flush_audit,
+            ),
+        ]
 
     async def _listen(
         self,

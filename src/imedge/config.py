@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from imedge.domain.jid import JidMalformed, prep_domain
+from imedge.domain.jid import Jid, JidMalformed, prep_domain
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,9 @@ class LimitsConfig:
 class AccountsConfig:
     registration: bool = False
     scram_iterations: int = 4096
+    # Bare JIDs of local accounts that may use the admin REST API with their password
+    # (HTTP Basic), besides the admin token; every change they make is recorded as theirs.
+    admins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +198,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "tls": frozenset({"cert", "key", "ca"}),
     "database": frozenset({"url"}),
     "limits": frozenset(LimitsConfig.__dataclass_fields__),
-    "accounts": frozenset({"registration", "scram_iterations"}),
+    "accounts": frozenset({"registration", "scram_iterations", "admins"}),
     "log": frozenset({"level", "format"}),
     "dns": frozenset({"nameservers"}),
     "c2s": frozenset({"require_tls"}),
@@ -317,6 +320,26 @@ def _parse_listener(value: object) -> Endpoint | None:
     if port is None:
         raise _Invalid(f"expected host:port, got {value!r}")
     return Endpoint(_parse_host(host, value, expected), _parse_port(port, value, expected))
+
+
+def _admin_parser(local_domains: tuple[str, ...]) -> Callable[[object], str]:
+    """An administrator: the bare JID of an account of one of our own domains."""
+
+    def parse(value: object) -> str:
+        text = _parse_str(value)
+        try:
+            jid = Jid.parse(text.strip())
+        except JidMalformed as exc:
+            raise _Invalid(f"not a valid JID ({exc}), got {text!r}") from None
+        if jid.local is None or not jid.is_bare:
+            raise _Invalid(
+                f"expected a bare user JID such as admin@{local_domains[0]}, got {text!r}"
+            )
+        if jid.domain not in local_domains:
+            raise _Invalid(f"{jid} is not an account of this server's domains")
+        return str(jid)
+
+    return parse
 
 
 def _parse_edge(value: object) -> Endpoint:
@@ -629,7 +652,10 @@ def load_config(path: Path | None, *, overrides: Mapping[str, Any] | None = None
     accounts = AccountsConfig(
         registration=r.get("accounts.registration", False, _parse_bool),
         scram_iterations=r.get("accounts.scram_iterations", 4096, _parse_int),
+        admins=r.get("accounts.admins", (), _parse_list(_admin_parser((domain, *unique)))),
     )
+    if len(set(accounts.admins)) != len(accounts.admins):
+        problems.append(("accounts.admins", "an account is listed twice"))
     log_config = LogConfig(
         level=r.get("log.level", LogLevel.INFO, _choice(LogLevel)),
         format=r.get("log.format", LogFormat.TEXT, _choice(LogFormat)),
@@ -772,6 +798,9 @@ sm_resume_timeout = {limits.sm_resume_timeout}             # seconds to resume (
 # In-band registration (XEP-0077).
 registration = {"true" if accounts.registration else "false"}
 scram_iterations = {accounts.scram_iterations}
+# Accounts (bare JIDs of local users) that may use the admin REST API with their
+# password (HTTP Basic), besides the token in <data_dir>/admin.token.
+admins = []
 
 [log]
 level = "{LogLevel.INFO}"                  # debug, info, warning, error

@@ -463,3 +463,19 @@ async def test_sqlite_acknowledged_write_survives_sigkill(sqlite_url: str) -> No
         ]
     finally:
         await store.close()
+
+
+async def test_count_contacts_at_a_domain_across_users(store: SqlStore) -> None:
+    at = Jid.parse
+    await store.rosters.put_item(ALICE, RosterItem(at("x@far.example")))
+    await store.rosters.put_item(ALICE, RosterItem(at("y@far.example")))
+    await store.rosters.put_item(BOB, RosterItem(at("x@far.example")))
+    await store.rosters.put_item(BOB, RosterItem(at("z@near.example")))
+    await store.rosters.put_item(
+        BOB, RosterItem(at("w@far.example"), listed=False)
+    )  # a request only
+    await store.rosters.put_item(BOB, RosterItem(at("q@sub.far.example")))
+    await store.rosters.put_item(BOB, RosterItem(at("r@far_example")))  # LIKE wildcards escaped
+    assert await store.rosters.count_contacts_at("far.example") == 3
+    assert await store.rosters.count_contacts_at("far.example", exclude=at("y@far.example")) == 2
+    assert await store.rosters.count_contacts_at("nowhere.example") == 0

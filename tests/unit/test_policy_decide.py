@@ -501,6 +501,29 @@ def test_open_federation_inbound(
     assert decision.verified is False
 
 
+@pytest.mark.parametrize("listed", [False, True])
+def test_open_federation_stanza_rate_applies_to_discovered_domains_only(listed: bool) -> None:
+    sender = Jid.parse("x@partner.example" if listed else "x@discovered.example")
+    ctx = InboundContext(
+        sender=sender,
+        recipient=LOCAL_USER,
+        kind=StanzaKind.MESSAGE,
+        stream=STRONG,
+        on_allow_list=True,
+        over_rate=True,
+    )
+    decision = decide_inbound(ctx, config(partner(filter=F.ALL), open_federation=True))
+    if listed:
+        assert decision.allowed
+    else:
+        assert (decision.verdict, decision.reason) == (
+            Verdict.REJECT,
+            Reason.OPEN_FEDERATION_RATE_LIMIT,
+        )
+        assert decision.error is StanzaErrorCondition.SERVICE_UNAVAILABLE
+        assert decision.steps[-1].rule == "open_federation_limits"
+
+
 # ---------------------------------------------------------------- leak nothing
 
 

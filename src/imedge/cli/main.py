@@ -15,6 +15,9 @@ import typer
 from imedge import __version__
 from imedge.cli.common import CONFIG_ENV, CliState, ConfigOption, configured, say, say_settings
 from imedge.cli.database import db
+from imedge.cli.federation import federation
+from imedge.cli.partners import partners
+from imedge.cli.policy import policy
 from imedge.cli.s2s import s2s
 from imedge.cli.serve import serve
 from imedge.cli.users import users
@@ -31,6 +34,15 @@ EPILOG = f"""\
     imedge db upgrade
     imedge s2s list
     imedge s2s test partner.example
+    imedge partner add Contoso -d contoso.example -d '*.contoso.example' --edge edge.contoso.example
+    imedge partner edit Contoso --filter all --sasl-external required
+    imedge partner block Contoso
+    imedge partner list
+    imedge partner test Contoso
+    imedge federation status
+    imedge federation set --open on --blocked-domain spam.example
+    imedge user set alice@example.org --public-im on --verified-subscriptions allow
+    imedge policy explain --from bob@contoso.example --to alice@example.org --kind subscribe
 
 --config works before or after the command name; ${CONFIG_ENV} sets it for every command.
 Without any configuration the server runs for domain "localhost" with its data in ./data.
@@ -83,6 +95,9 @@ app.command("serve")(serve)
 app.add_typer(users)
 app.add_typer(db)
 app.add_typer(s2s)
+app.add_typer(partners)
+app.add_typer(federation)
+app.add_typer(policy)
 
 
 @app.command("check-config")

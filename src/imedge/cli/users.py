@@ -1,4 +1,5 @@
-"""`imedge user …`: create, list, re-key and delete accounts through AccountService."""
+"""`imedge user …`: create, list, re-key and delete accounts through AccountService; and
+each user's federation settings (FEDERATION.md §Per user) through the running server."""
 
 from __future__ import annotations
 
@@ -7,14 +8,26 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.table import Table
 
-from imedge.cli.common import ConfigOption, configured, fail, run, say, stdout
+from imedge.cli.api_client import (
+    API,
+    JsonOption,
+    Switch,
+    api_call,
+    listed,
+    on_off,
+    quoted,
+    say_changes,
+    say_json,
+)
+from imedge.cli.common import ConfigOption, configured, fail, run, say, say_settings, stdout
 from imedge.config import Config
 from imedge.domain.jid import Jid, JidMalformed, prep_domain
+from imedge.policy import VerifiedSubscriptions, normalize_allow_entry
 from imedge.services.accounts import AccountError, AccountService
 from imedge.store.ports import Account, AlreadyExists, StoreError
 from imedge.store.sql import open_store
@@ -23,7 +36,8 @@ T = TypeVar("T")
 
 users = typer.Typer(
     name="user",
-    help="Manage user accounts: add, list, passwd, delete.",
+    help="Manage user accounts: add, list, passwd, delete; and their federation "
+    "settings on the running server: set, show.",
     no_args_is_help=True,
 )
 
@@ -211,3 +225,140 @@ def delete(
         if deleted is None:
             fail("not deleted")
         say(f"deleted account {deleted}")
+
+
+# FEDERATION.md §Per user, as `user show` and `user set` print it (UserFederationOut).
+FEDERATION_FIELDS: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "federation": ("federation", on_off),
+    "public_im": ("public IM", on_off),
+    "verified_subscriptions": ("verified subscriptions", str),
+    "block_non_allowed_im": ("block non-allowed IM", on_off),
+    "allow_list": ("allow list", lambda v: listed(v or [], "no explicit entries")),
+}
+
+
+def _federation_path(jid: str) -> str:
+    if "/" in jid:
+        fail(f"give the bare address of the account (user@domain), not {jid!r}")
+    return f"{API}/users/{quoted(jid.strip())}/federation"
+
+
+def _canonical_entry(entry: str) -> str:
+    """As the policy compares it; an invalid entry is left for the server to name."""
+    try:
+        return normalize_allow_entry(entry)
+    except ValueError:
+        return entry
+
+
+def _same_entry(a: str, b: str) -> bool:
+    return _canonical_entry(a).strip().lower() == _canonical_entry(b).strip().lower()
+
+
+@users.command("set")
+def set_federation(
+    ctx: typer.Context,
+    jid: JidArgument,
+    *,
+    federation: Annotated[
+        Switch | None,
+        typer.Option(
+            "--federation", help="May the user talk with other domains at all.", show_default=False
+        ),
+    ] = None,
+    public_im: Annotated[
+        Switch | None,
+        typer.Option(
+            "--public-im",
+            help="May the user talk with public IM providers' users (uses one of the "
+            "licences of `imedge federation set --licences`).",
+            show_default=False,
+        ),
+    ] = None,
+    verified_subscriptions: Annotated[
+        VerifiedSubscriptions | None,
+        typer.Option(
+            "--verified-subscriptions",
+            help="A verified subscription request from someone not on the allow list: "
+            "allow (the server approves it), block (the server refuses it) or prompt "
+            "(the user decides).",
+            show_default=False,
+        ),
+    ] = None,
+    block_non_allowed_im: Annotated[
+        Switch | None,
+        typer.Option(
+            "--block-non-allowed-im",
+            help="Refuse messages from outside the allow list even when verified.",
+            show_default=False,
+        ),
+    ] = None,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow",
+            metavar="JID_OR_DOMAIN",
+            help="Add to the allow list (besides the roster): a bare address, a domain or "
+            "*.domain. Repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    disallow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--disallow",
+            metavar="JID_OR_DOMAIN",
+            help="Take an entry off the allow list. Repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Change a user's federation settings on the running server; at once, and the others
+    stay as they are."""
+    changes: dict[str, Any] = {}
+    if federation is not None:
+        changes["federation"] = federation.enabled
+    if public_im is not None:
+        changes["public_im"] = public_im.enabled
+    if verified_subscriptions is not None:
+        changes["verified_subscriptions"] = str(verified_subscriptions)
+    if block_non_allowed_im is not None:
+        changes["block_non_allowed_im"] = block_non_allowed_im.enabled
+    path = _federation_path(jid)
+    with configured(ctx, config, minimum=logging.WARNING) as cfg:
+        current = api_call(cfg, "GET", path, refused=f"cannot read the settings of {jid}")
+        if allow or disallow:
+            entries = list(current["allow_list"])
+            for entry in allow or []:
+                if not any(_same_entry(entry, e) for e in entries):
+                    entries.append(_canonical_entry(entry))
+            for entry in disallow or []:
+                if not any(_same_entry(entry, e) for e in entries):
+                    fail(f"{entry} is not on the allow list of {jid} ({listed(entries)})")
+                entries = [e for e in entries if not _same_entry(entry, e)]
+            changes["allow_list"] = entries
+        if not changes:
+            fail("nothing to change: give at least one option (see --help)")
+        saved = api_call(cfg, "PATCH", path, changes, refused=f"{jid} not changed")
+    say(f"{jid}:")
+    if not say_changes(current, saved, FEDERATION_FIELDS):
+        say("  nothing changed")
+
+
+@users.command("show")
+def show(
+    ctx: typer.Context, jid: JidArgument, config: ConfigOption = None, as_json: JsonOption = False
+) -> None:
+    """A user's federation settings, from the running server."""
+    path = _federation_path(jid)
+    with configured(ctx, config, minimum=logging.WARNING) as cfg:
+        settings = api_call(cfg, "GET", path, refused=f"cannot read the settings of {jid}")
+    if as_json:
+        say_json(settings)
+        return
+    say(jid)
+    say_settings(
+        [(label, fmt(settings.get(key))) for key, (label, fmt) in FEDERATION_FIELDS.items()]
+    )
+    say("  (the allow list also holds every roster contact; the block list is the user's own)")

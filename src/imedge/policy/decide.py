@@ -332,6 +332,15 @@ def decide_inbound(ctx: InboundContext, cfg: FederationConfig) -> Decision:
         trail.fail(rule, text)
         return done(Verdict.REJECT, reason)
 
+    # Open federation's abuse limit: a discovered domain over its stanza rate.
+    if partner is None and ctx.over_rate:
+        return refuse(
+            Rule.OPEN_FEDERATION_LIMITS,
+            Reason.OPEN_FEDERATION_RATE_LIMIT,
+            f"{domain} is not a listed partner and sends more than "
+            f"{cfg.settings.open_federation_stanza_rate:g} stanzas per second.",
+        )
+
     if recipient.local is None:
         trail.ok(Rule.RECIPIENT, f"The stanza is for the server {recipient} itself, not a user.")
         return done(Verdict.ACCEPT, Reason.TO_SERVER)
@@ -435,10 +444,13 @@ def decide_outbound(ctx: OutboundContext, cfg: FederationConfig) -> Decision:
     domain = recipient.domain
     trail = _Trail(f"{kind} from {sender} to {recipient}", domain)
     partner: Partner | None = None
+    discovered = False  # past the table check with no row: open federation let it in
 
     def refuse(refusal: _Refusal) -> Decision:
         if kind is StanzaKind.RESPONSE:  # RFC 6120 §8.3.1: never answer an error or result
-            return trail.decide(Verdict.REJECT, refusal.reason, partner=partner)
+            return trail.decide(
+                Verdict.REJECT, refusal.reason, partner=partner, discovered=discovered
+            )
         return trail.decide(
             Verdict.REJECT,
             refusal.reason,
@@ -446,6 +458,7 @@ def decide_outbound(ctx: OutboundContext, cfg: FederationConfig) -> Decision:
             error=StanzaErrorCondition.NOT_ALLOWED,
             text=refusal.text,
             partner=partner,
+            discovered=discovered,
         )
 
     if _check_federation(trail, cfg) is not None:
@@ -467,6 +480,7 @@ def decide_outbound(ctx: OutboundContext, cfg: FederationConfig) -> Decision:
     partner, refusal = _check_table(trail, domain, cfg)
     if refusal is not None:
         return refuse(_Refusal(refusal.reason, _user_text(refusal.reason, domain)))
+    discovered = partner is None
     if partner is not None and partner.public:
         if not user.public_im:
             trail.fail(

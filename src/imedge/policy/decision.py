@@ -143,6 +143,9 @@ class InboundContext:
     user: UserSettings = field(default_factory=UserSettings)
     on_allow_list: bool = False
     on_block_list: bool = False
+    # Open federation: the sender's domain is a discovered one that has sent more than
+    # `open_federation_stanza_rate` stanzas per second (the gate keeps the clock).
+    over_rate: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

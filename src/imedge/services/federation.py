@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from imedge.domain.blocking import is_blocked
 from imedge.domain.jid import Jid, JidMalformed
 from imedge.policy import (
     AuthMethod,
@@ -290,13 +291,12 @@ class FederationService:
                 await self.store.federation.get_user_settings(r.bare) if r.local else UserSettings()
             )
             item = await self.store.rosters.get_item(r.bare, s.bare) if r.local else None
-            allow = on_allow_list(s, roster=[item.jid] if item else [], allow=user.allow_list)
-            blocked = False
-            if r.local:
-                entries = await self.store.blocking.get_blocklist(r.bare)
-                blocked = any(
-                    e in (s, s.bare) or (e.local is None and e.domain == s.domain) for e in entries
-                )
+            # As the gate does: listed roster items only, XEP-0191 matching.
+            roster = [item.jid] if item is not None and item.listed else []
+            allow = on_allow_list(s, roster=roster, allow=user.allow_list)
+            blocked = r.local is not None and is_blocked(
+                await self.store.blocking.get_blocklist(r.bare), s
+            )
             ctx = InboundContext(
                 sender=s,
                 recipient=r,

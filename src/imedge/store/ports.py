@@ -84,6 +84,10 @@ class RosterStore(Protocol):
 
     async def get_version(self, user: Jid) -> int: ...
 
+    async def count_contacts_at(self, domain: str, *, exclude: Jid | None = None) -> int:
+        """How many roster contacts all local users together hold at `domain` (the cap of
+        open federation on a discovered domain), not counting the contact `exclude`."""
+
 
 class SubscriptionRequestStore(Protocol):
     """Inbound subscription requests not yet answered (RFC 6121 §3.1.3), kept to redeliver."""

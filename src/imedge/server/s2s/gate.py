@@ -44,6 +44,7 @@ from imedge.policy import (
     stanza_kind,
 )
 from imedge.protocol.element import Element
+from imedge.protocol.stanza import error_reply, may_bounce
 from imedge.server.metrics import Metrics
 from imedge.server.router import Router
 from imedge.server.s2s.info import S2SStreamInfo
@@ -88,8 +89,10 @@ class FederationGate:
         self.audit_keep = audit_keep
         self.clock = clock
         self._users: dict[Jid, UserSettings] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}  # discovered domain -> tokens, time
         self._audit: deque[AuditEntry] = deque(maxlen=AUDIT_BUFFER_MAX)
         self._flusher: asyncio.Task[None] | None = None
+        self._answering: set[int] = set()  # id() of answers `_answer` is routing now
         self.counts: Counter[tuple[str, str, str]] = Counter()  # (partner, verdict, reason)
         self.decisions = PromCounter(
             "imedge_federation_decisions",
@@ -169,6 +172,7 @@ class FederationGate:
             user=user,
             on_allow_list=allow,
             on_block_list=blocked,
+            over_rate=self._over_rate(from_.domain),
         )
         decision = decide_inbound(ctx, self.config)
         self._account(decision, "in", str(from_), str(to), str(kind))
@@ -179,9 +183,26 @@ class FederationGate:
             await self._pre_approve(to.bare, from_.bare)
         return True
 
+    def _over_rate(self, domain: str) -> bool:
+        """Open federation's stanza rate for a discovered domain (a token bucket per domain,
+        burst of two seconds' worth); listed partners are not limited here."""
+        if self.config.partner_for(domain) is not None:
+            return False
+        rate = self.config.settings.open_federation_stanza_rate
+        now = self.clock()
+        tokens, last = self._buckets.get(domain, (rate * 2, now))
+        tokens = min(rate * 2, tokens + (now - last) * rate)
+        over = tokens < 1.0
+        if len(self._buckets) > 10_000:
+            self._buckets.clear()
+        self._buckets[domain] = (tokens if over else tokens - 1.0, now)
+        return over
+
     async def _on_allow_list(self, user: Jid, sender: Jid, settings: UserSettings) -> bool:
         item = await self.store.rosters.get_item(user, sender.bare)
-        roster = [item.jid] if item is not None else []
+        # Only a contact the user has in the roster they see: an unlisted item merely
+        # carries a pending request (RFC 6121 §3.1.3) and must not let its sender in.
+        roster = [item.jid] if item is not None and item.listed else []
         return on_allow_list(sender, roster=roster, allow=settings.allow_list)
 
     async def _on_block_list(self, user: Jid, sender: Jid) -> bool:
@@ -191,17 +212,34 @@ class FederationGate:
         self, decision: Decision, stanza: Element, from_: Jid, to: Jid, info: S2SStreamInfo
     ) -> None:
         if decision.answer is Answer.STANZA_ERROR and decision.error is not None:
-            await self.router.bounce(stanza, from_, to, StanzaError(decision.error))
+            if may_bounce(stanza):
+                err = StanzaError(decision.error)
+                answer = error_reply(stanza, err.condition, err.text, err.type)
+                answer.attrs["from"] = str(to)
+                answer.attrs["to"] = str(from_)
+                await self._answer(answer, to, from_)
         elif decision.answer is Answer.UNSUBSCRIBED:
             # FEDERATION.md §Inbound 4: a refused request is answered `unsubscribed`.
             answer = Element("presence", "jabber:client", {"type": "unsubscribed"})
             answer.attrs["from"] = str(to.bare)
             answer.attrs["to"] = str(from_.bare)
-            await self.router.route(answer, to.bare, from_.bare)
+            await self._answer(answer, to.bare, from_.bare)
         elif decision.answer is Answer.STREAM_ERROR:
             raise_error = decision.as_stream_error()
             if raise_error is not None:
                 raise raise_error
+
+    async def _answer(self, answer: Element, from_: Jid, to: Jid) -> None:
+        """Send the server's answer to a refused inbound stanza. It goes out in the local
+        recipient's name, but it is the policy's own answer, so the outbound rules are not
+        applied to it: a recipient without public IM or with federation off must still
+        get the refusal back to the sender (FEDERATION.md §Inbound 3-5)."""
+        key = id(answer)
+        self._answering.add(key)
+        try:
+            await self.router.route(answer, from_, to)
+        finally:
+            self._answering.discard(key)
 
     async def _pre_approve(self, user: Jid, contact: Jid) -> None:
         """FEDERATION.md §Inbound 4: answered by the server as for a known contact, with
@@ -221,11 +259,23 @@ class FederationGate:
         from_, to, stanza = ev.from_, ev.to, ev.stanza
         if from_.domain not in self.hosts:
             return False  # an error or answer the server itself sends on someone's behalf
+        if id(stanza) in self._answering:
+            return False  # this gate's own answer to a refused inbound stanza
         kind = stanza_kind(stanza.name, stanza.attrs.get("type"))
         user = await self.user_settings(from_) if from_.local is not None else UserSettings()
-        decision = decide_outbound(
-            OutboundContext(sender=from_, recipient=to, kind=kind, user=user), self.config
+        contacts = 0
+        if kind is StanzaKind.SUBSCRIBE and self.config.partner_for(to.domain) is None:
+            contacts = await self.store.rosters.count_contacts_at(to.domain, exclude=to)
+        ctx = OutboundContext(
+            sender=from_, recipient=to, kind=kind, user=user, contacts_at_domain=contacts
         )
+        decision = decide_outbound(ctx, self.config)
+        if kind in (StanzaKind.PRESENCE, StanzaKind.SUBSCRIPTION_ANSWER):
+            # Presence the server sends on a user's behalf (broadcasts, probes, answers):
+            # refused quietly, counted but neither audited nor bounced, or every broadcast
+            # to a blocked partner's users would come back to the client as an error.
+            self._count(decision)
+            return not decision.allowed
         self._account(decision, "out", str(from_), str(to), str(kind))
         if decision.allowed:
             return False
@@ -235,13 +285,15 @@ class FederationGate:
         return True
 
     # --- accounting -----------------------------------------------------------------
+    def _count(self, decision: Decision) -> None:
+        key = (decision.partner_label, str(decision.verdict), str(decision.reason))
+        self.counts[key] += 1
+        self.decisions.labels(*key).inc()
+
     def _account(
         self, decision: Decision, direction: str, sender: str, recipient: str, kind: str
     ) -> None:
-        partner = decision.partner_label
-        key = (partner, str(decision.verdict), str(decision.reason))
-        self.counts[key] += 1
-        self.decisions.labels(*key).inc()
+        self._count(decision)
         if decision.allowed:
             return
         text = render(decision)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from imedge.domain.jid import Jid
@@ -129,6 +129,22 @@ class SqlRosterStore:
     async def get_version(self, user: Jid) -> int:
         async with self._db.read() as conn:
             return await _read_version(conn, str(user.bare))
+
+    async def count_contacts_at(self, domain: str, *, exclude: Jid | None = None) -> int:
+        items = t.roster_items
+        at_domain = or_(
+            items.c.contact_jid.like("%@" + _escape_like(domain), escape="\\"),
+            items.c.contact_jid == domain,
+        )
+        query = select(func.count()).select_from(items).where(items.c.listed, at_domain)
+        if exclude is not None:
+            query = query.where(items.c.contact_jid != str(exclude.bare))
+        async with self._db.read() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 class SqlSubscriptionRequestStore:
