@@ -61,7 +61,7 @@ from imedge.server.tls import ensure_certificate, server_context
 from imedge.services.accounts import AccountService
 from imedge.services.federation import FederationService, LiveHooks
 from imedge.store.ports import Store
-from imedge.store.sql import open_store
+from imedge.store.sql import load_or_create_key, open_store
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +397,9 @@ async def build_server(config: Config) -> Server:
     s2s_tls = TlsSettings.create(config.tls.cert, config.tls.key, config.tls.ca)
     secret = load_secret(config.data_dir / "dialback.secret")
     token = load_secret(config.data_dir / "admin.token", text=True).decode()
-    store = await open_store(config.database.url)
+    # The key that encrypts secrets at rest (peer servers' LDAP bind passwords).
+    key = load_or_create_key(config.data_dir / "secret.key")
+    store = await open_store(config.database.url, secret_key=key)
     return Server(
         config=config,
         store=store,

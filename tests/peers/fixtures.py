@@ -27,6 +27,7 @@ from tests.peers.dns import DnsStub
 from tests.peers.ejabberd import Ejabberd
 from tests.peers.pki import PrivateCA
 from tests.peers.prosody import Prosody
+from tests.peers.slapd import PEOPLE_COUNT, PeopleSet, Slapd, generate_people
 
 _LIVE: set[Prosody | Ejabberd | DnsStub] = set()
 
@@ -242,3 +243,25 @@ async def peer_clients() -> AsyncIterator[PeerClients]:
         yield clients
     finally:
         await clients.close()
+
+
+@pytest.fixture(scope="module")
+def slapd_server(tmp_path_factory: pytest.TempPathFactory, peer_pki: PrivateCA) -> Iterator[Slapd]:
+    """OpenLDAP slapd with PEOPLE_COUNT generated people, shared by a test module.
+
+    `.url` (StartTLS), `.ldaps_url`, `.bind_dn`/`.password` (read-only account),
+    `.base_dn`, `.ca_path`, `.people` (what was loaded, with its flaws); `.add_person`,
+    `.modify`, `.delete` change it while it runs: a test that does calls `.reset()`.
+    """
+    server = Slapd(
+        tmp_path_factory.mktemp("slapd"),
+        peer_pki,
+        PeopleSet(tuple(generate_people(PEOPLE_COUNT))),
+        binary=require_binary("slapd"),
+        slapadd=require_binary("slapadd"),
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

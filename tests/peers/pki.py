@@ -9,6 +9,7 @@ ejabberd runs as its own user; they are test keys, never secrets.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,7 @@ class PrivateCA:
         names: Sequence[str] | None = None,
         directory: Path | None = None,
         stem: str | None = None,
+        ip_addresses: Sequence[str] = (),
     ) -> CertFiles:
         """Issue a certificate for `domain` (SAN DNS:domain, DNS:*.domain by default).
 
@@ -103,6 +105,8 @@ class PrivateCA:
         `domain`, certificate for something else). Files go to `directory` (default:
         `<ca dir>/<domain>/`) as `<stem>.crt`, `<stem>.key`, `<stem>.pem` and `ca.pem`;
         `stem` defaults to `domain`, which is the layout Prosody's `certificates` expects.
+        `ip_addresses` adds iPAddress SANs (RFC 6125 §1.7.2: a server reached by its IP
+        address, such as slapd on ldap://127.0.0.1).
         """
         sans = tuple(names) if names is not None else (domain, f"*.{domain}")
         out = directory if directory is not None else self.directory / domain
@@ -138,7 +142,11 @@ class PrivateCA:
             )
             # RFC 6125 §6.4: DNS-IDs in subjectAltName (not critical: the subject is set).
             .add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(n) for n in sans]), critical=False
+                x509.SubjectAlternativeName(
+                    [x509.DNSName(n) for n in sans]
+                    + [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+                ),
+                critical=False,
             )
             # clientAuth: the initiating server is the TLS client of the s2s stream.
             .add_extension(

@@ -32,6 +32,7 @@ from imedge.policy import (
     decide_outbound,
     default_partners,
     has_errors,
+    normalize_allow_entry,
     normalize_partner,
     normalize_settings,
     on_allow_list,
@@ -262,6 +263,9 @@ class FederationService:
         except TypeError as exc:
             raise FederationError([Problem("user", str(exc))]) from None
         problems = validate_user_settings(new)
+        if not has_errors(problems):
+            # Store allow-list entries in their canonical form, like partner domains.
+            new = replace(new, allow_list=tuple(normalize_allow_entry(e) for e in new.allow_list))
         if new.public_im and not current.public_im:
             holders = await self.store.federation.count_public_im() + 1
             problems += validate_licences(holders, self.config.settings.public_im_licences)

@@ -8,12 +8,13 @@ a crash.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 from imedge.domain.jid import Jid
 from imedge.domain.roster import RosterItem
-from imedge.policy import GlobalSettings, Partner, UserSettings
+from imedge.policy import EdgeAddress, GlobalSettings, Partner, UserSettings
 
 
 class StoreError(Exception):
@@ -26,6 +27,10 @@ class AlreadyExists(StoreError):
 
 class NotFound(StoreError):
     pass
+
+
+class Conflict(StoreError):
+    """The data changed since the caller read it (e.g. a sync plan made from an old state)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +226,185 @@ class AuditStore(Protocol):
         """The administrative change log, newest first."""
 
 
+# --- the corporate directory (FEDERATION.md §Words: peer server, directory) ----------------
+#
+# These values are the directory's model (`imedge.directory.model` re-exports them). They
+# live here, in the store layer, because the ports below take and return them and the
+# layers point downwards: `imedge.directory` may import the store ports, not the reverse.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LdapSource:
+    """Where a peer server's people come from (RFC 4510 LDAP, RFC 2696 paged search).
+
+    `url` is `ldap://host[:port]` (with `start_tls`, RFC 4513 §3) or `ldaps://host[:port]`.
+    `bind_password` is plaintext in memory only: the store keeps it encrypted and `repr`
+    never shows it. An empty `bind_dn` and password mean an anonymous bind.
+    """
+
+    url: str
+    base_dn: str
+    start_tls: bool = True
+    bind_dn: str = ""
+    bind_password: str = field(default="", repr=False)
+    filter: str = "(objectClass=inetOrgPerson)"
+    page_size: int = 500
+    timeout: float = 30.0  # seconds, for each network wait
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttributeMapping:
+    """Which LDAP attributes fill which directory fields.
+
+    Each field is an attribute name (`mail`) or a template with `{attribute}` placeholders
+    (`{uid}@ocs.example`; `{{` and `}}` are literal braces); None leaves the field empty.
+    Attribute names compare ignoring case, as LDAP's do (RFC 4512 §2.5).
+    """
+
+    im_address: str
+    display_name: str | None = "cn"
+    email: str | None = "mail"
+    phone: str | None = "telephoneNumber"
+    department: str | None = "departmentNumber"
+    title: str | None = "title"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerServer:
+    """A peer IM server: its XMPP domains (canonical patterns, as partner domains), where
+    its s2s traffic goes, and the LDAP source whose people fill the directory."""
+
+    name: str
+    domains: tuple[str, ...]
+    ldap: LdapSource
+    mapping: AttributeMapping
+    id: int | None = None  # assigned by the store
+    edge_address: EdgeAddress | None = None
+    schedule_minutes: int | None = None  # None: synced on demand only
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DirectoryEntry:
+    """One person of a peer server in the directory. Equality is what "changed" means to
+    the sync plan: any field differing is a change."""
+
+    peer_server_id: int
+    im_address: str  # a prepared bare JID with a localpart (RFC 7622)
+    dn: str
+    display_name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    department: str | None = None
+    title: str | None = None
+
+
+class IssueKind(StrEnum):
+    """Why an LDAP entry was left out of the directory."""
+
+    MISSING_IM_ADDRESS = "missing_im_address"  # the IM attribute (or a template's) is absent
+    INVALID_IM_ADDRESS = "invalid_im_address"  # not a bare JID with a localpart (RFC 7622)
+    DUPLICATE_IM_ADDRESS = "duplicate_im_address"  # several entries map to one address
+    OUTSIDE_DOMAINS = "outside_domains"  # the address is not in the peer server's domains
+
+
+@dataclass(frozen=True, slots=True)
+class SyncIssue:
+    kind: IssueKind
+    dn: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class SyncPlan:
+    """What a sync changes, sorted by IM address; `unchanged` only counts."""
+
+    added: tuple[DirectoryEntry, ...] = ()
+    changed: tuple[tuple[DirectoryEntry, DirectoryEntry], ...] = ()  # (old, new)
+    removed: tuple[DirectoryEntry, ...] = ()
+    unchanged: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.added or self.changed or self.removed)
+
+
+class SyncStatus(StrEnum):
+    OK = "ok"  # the plan was applied
+    FAILED = "failed"  # LDAP or the store failed; the previous directory is intact
+    INTERRUPTED = "interrupted"  # cancelled (shutdown, timeout); nothing was applied
+
+
+MAX_REPORTED_ISSUES = 1000  # a report keeps the first ones; `issue_count` counts them all
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncReport:
+    """What one sync of a peer server did, kept for the administrator."""
+
+    peer_server_id: int
+    started: float  # unix time
+    finished: float
+    status: SyncStatus
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    issues: tuple[SyncIssue, ...] = ()  # at most MAX_REPORTED_ISSUES
+    issue_count: int = 0  # all issues, including those not kept
+    error: str | None = None  # why a failed or interrupted sync stopped
+    id: int | None = None  # assigned by the store
+
+
+class DirectoryStore(Protocol):
+    """Peer servers, the directory entries synced from them, and the sync reports.
+
+    Peer-server writes take the `actor` and record a `ChangeEntry` (without secrets) in the
+    same transaction. Bind passwords are encrypted at rest; storing a non-empty one
+    without an encryption key raises `StoreError`.
+    """
+
+    async def add_peer_server(self, peer: PeerServer, actor: str) -> PeerServer:
+        """Insert (peer.id is ignored); return it with its new id. `AlreadyExists` for a
+        duplicate name (ignoring case) or a domain another peer server lists."""
+
+    async def update_peer_server(self, peer: PeerServer, actor: str) -> PeerServer:
+        """Replace the row `peer.id`, password included; `NotFound` if it is gone."""
+
+    async def get_peer_server(self, peer_server_id: int) -> PeerServer | None: ...
+
+    async def list_peer_servers(self) -> list[PeerServer]:
+        """Oldest first (by id)."""
+
+    async def remove_peer_server(self, peer_server_id: int, actor: str) -> None:
+        """Remove the peer server with its entries and reports; `NotFound` if absent."""
+
+    async def entries(self, peer_server_id: int) -> list[DirectoryEntry]:
+        """All entries of a peer server, by IM address: the `current` of a sync plan."""
+
+    async def get_entry(self, im_address: str) -> DirectoryEntry | None:
+        """The entry with this (prepared) IM address, if any peer server has it."""
+
+    async def search(
+        self, text: str, *, peer_server_id: int | None = None, limit: int = 50
+    ) -> list[DirectoryEntry]:
+        """Entries whose name, e-mail, IM address or department contains `text`, ignoring
+        case (Unicode case folding, the same on every engine); by name."""
+
+    async def count_entries(self, peer_server_id: int) -> int: ...
+
+    async def apply_plan(self, peer_server_id: int, plan: SyncPlan, report: SyncReport) -> None:
+        """Apply the plan and keep the report, in one transaction: all or nothing.
+        `Conflict` if the directory no longer matches the state the plan was made from;
+        `NotFound` if the peer server is gone."""
+
+    async def record_report(self, report: SyncReport) -> None:
+        """Keep the report of a sync that applied nothing (failed, interrupted, dry run)."""
+
+    async def reports(self, peer_server_id: int, limit: int = 20) -> list[SyncReport]:
+        """Newest first."""
+
+
 class Store(Protocol):
     """All ports together; `close()` releases connections."""
 
@@ -231,6 +415,7 @@ class Store(Protocol):
     blocking: BlockingStore
     federation: FederationStore
     audit: AuditStore
+    directory: DirectoryStore
 
     async def ping(self) -> None:
         """Raise `StoreError` if the database cannot be reached."""

@@ -100,7 +100,8 @@ def advice(failure: S2SFailure, local: str, remote: str) -> str:
             )
         return (
             f"Check the spelling of {remote} and its DNS records (_xmpp-server._tcp SRV, or "
-            f"A/AAAA), or configure an edge address for it in [s2s] edge_addresses."
+            f"A/AAAA), or give it an edge address (imedge partner edit NAME --edge host:port, or "
+            f"[s2s.edge_addresses] for a domain without a partner row)."
         )
     if step == "connect":
         if failure.temporary:

@@ -10,14 +10,22 @@ from imedge.store.sql import migrate
 from imedge.store.sql.database import Database
 from imedge.store.sql.engine import create_engine, parse_url
 from imedge.store.sql.errors import translated
+from imedge.store.sql.secrets import SecretBox, load_or_create_key
 from imedge.store.sql.store import SqlStore
 
 __all__ = ["SqlStore", "current_revision", "open_store", "parse_url", "upgrade_database"]
 
 
-async def open_store(url: str, *, upgrade: bool = True) -> SqlStore:
+async def open_store(
+    url: str, *, upgrade: bool = True, secret_key: bytes | None = None
+) -> SqlStore:
     """Connect, bring the schema to the newest revision (or check it is there), and return
-    the store. Raise `StoreError` if the database cannot be reached or is not usable."""
+    the store. Raise `StoreError` if the database cannot be reached or is not usable.
+
+    `secret_key` encrypts secrets at rest (`secrets.load_or_create_key(<data_dir>/secret.key)`);
+    without it, a peer server with a bind password can be neither stored nor read."""
+    if secret_key is not None:
+        SecretBox(secret_key)  # a key of the wrong size fails here, before connecting
     engine = create_engine(url)
     try:
         async with translated():
@@ -28,7 +36,7 @@ async def open_store(url: str, *, upgrade: bool = True) -> SqlStore:
     except BaseException:
         await engine.dispose()
         raise
-    return SqlStore(Database(engine))
+    return SqlStore(Database(engine), secret_key=secret_key)
 
 
 async def upgrade_database(url: str) -> list[str]:
@@ -56,4 +64,4 @@ def head_revision() -> str | None:
     return migrate.head_revision()
 
 
-__all__ += ["StoreError", "head_revision"]
+__all__ += ["StoreError", "head_revision", "load_or_create_key"]

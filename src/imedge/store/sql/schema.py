@@ -250,3 +250,95 @@ audit_log = Table(
     Index("ix_audit_log_reason_at", "reason", "at"),
     sqlite_autoincrement=True,
 )
+
+# --- corporate directory (FEDERATION.md §Words: peer server, directory), revision 0003 ------
+
+peer_servers = Table(
+    "peer_servers",
+    metadata,
+    # SQLite: AUTOINCREMENT, so the id of a removed peer server (and so the partner origin
+    # `peer-server:<id>`) never names a new one.
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(PARTNER_NAME), nullable=False),
+    Column("name_key", String(PARTNER_NAME), nullable=False, unique=True),  # strip+casefold
+    Column("edge_address", Text, nullable=True),
+    Column("ldap_url", Text, nullable=False),
+    Column("start_tls", Boolean, nullable=False),
+    Column("bind_dn", Text, nullable=False),
+    # AES-GCM sealed (store/sql/secrets.py); NULL for an anonymous bind.
+    Column("bind_password", LargeBinary, nullable=True),
+    Column("base_dn", Text, nullable=False),
+    Column("ldap_filter", Text, nullable=False),
+    Column("page_size", Integer, nullable=False),
+    Column("timeout", Double, nullable=False),
+    Column("mapping", Text, nullable=False),  # JSON object: AttributeMapping's fields
+    Column("schedule_minutes", Integer, nullable=True),
+    Column("enabled", Boolean, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+# A domain belongs to one peer server only: two would fight over its partner row.
+peer_server_domains = Table(
+    "peer_server_domains",
+    metadata,
+    Column(
+        "peer_server_id",
+        Integer,
+        ForeignKey("peer_servers.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("position", Integer, primary_key=True),
+    Column("domain", String(DOMAIN_PATTERN), nullable=False, unique=True),
+)
+
+# `search_key` is the casefolded name, IM address, e-mail and department, one per line:
+# a substring search is then one LIKE that folds case the same way on both engines.
+directory_entries = Table(
+    "directory_entries",
+    metadata,
+    Column(
+        "peer_server_id",
+        Integer,
+        ForeignKey("peer_servers.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("im_address", String(BARE_JID), primary_key=True),
+    Column("dn", Text, nullable=False),
+    Column("display_name", Text, nullable=True),
+    Column("email", Text, nullable=True),
+    Column("phone", Text, nullable=True),
+    Column("department", Text, nullable=True),
+    Column("title", Text, nullable=True),
+    Column("search_key", Text, nullable=False),
+    Index("ix_directory_entries_im_address", "im_address"),
+)
+
+sync_reports = Table(
+    "sync_reports",
+    metadata,
+    Column(
+        "id",
+        BigInteger().with_variant(Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    Column(
+        "peer_server_id",
+        Integer,
+        ForeignKey("peer_servers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("started", Double, nullable=False),
+    Column("finished", Double, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("added", Integer, nullable=False),
+    Column("changed", Integer, nullable=False),
+    Column("removed", Integer, nullable=False),
+    Column("unchanged", Integer, nullable=False),
+    Column("issue_count", Integer, nullable=False),
+    Column("issues", Text, nullable=False),  # JSON array of {kind, dn, detail}, bounded
+    Column("error", Text, nullable=True),
+    CheckConstraint("status IN ('ok', 'failed', 'interrupted')", name="status"),
+    Index("ix_sync_reports_peer_server_id_id", "peer_server_id", "id"),
+    sqlite_autoincrement=True,
+)
