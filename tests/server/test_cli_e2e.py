@@ -248,6 +248,8 @@ def busy_default_ports() -> list[int]:
     busy = []
     for host, port in DEFAULT_PORTS:
         with socket.socket() as s:
+            # As the server does: connections just closed (TIME_WAIT) do not hold a port.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host, port))
             except OSError:
