@@ -37,6 +37,7 @@ from imedge.features import (
     presence,
     register,
     roster,
+    search,
     version,
 )
 from imedge.protocol.sasl import tls_server_end_point
@@ -59,6 +60,7 @@ from imedge.server.s2s.settings import S2SSettings
 from imedge.server.stanzas import StanzaToRemote
 from imedge.server.tls import ensure_certificate, server_context
 from imedge.services.accounts import AccountService
+from imedge.services.directory import DirectoryService
 from imedge.services.federation import FederationService, LiveHooks
 from imedge.store.ports import Store
 from imedge.store.sql import load_or_create_key, open_store
@@ -76,6 +78,7 @@ FEATURES: tuple[ModuleType, ...] = (
     disco,
     ping,
     version,
+    search,
 )
 
 
@@ -216,6 +219,8 @@ class Server:
                 decision_counts=lambda: dict(self.gate.counts),
             ),
         )
+        # The corporate directory: peer servers' LDAP syncs and their partner rows.
+        self.directory = DirectoryService(self.store, self.federation)
         self.bus.subscribe(StanzaToRemote, self.s2s.on_stanza, Priority.NORMAL)
         self.metrics.watch_s2s(self.s2s.streams, self.s2s.link_status)
 
@@ -223,6 +228,7 @@ class Server:
     async def start(self) -> None:
         cfg = self.config
         await self.federation.load()
+        self.directory.start()
         listen = cfg.listen
         if listen.c2s is not None:
             await self._listen("c2s", listen.c2s, self._c2s_handler(direct_tls=False), None)
@@ -351,6 +357,7 @@ class Server:
 
     async def stop(self) -> None:
         """Close listeners, end every stream with `system-shutdown`, stop HTTP."""
+        await self.directory.stop()
         for server in self.listeners:
             server.close()
         for stream in list(self._streams.values()):

@@ -42,7 +42,16 @@ def install(ctx: ServerContext) -> None:
     async def host_items(req: IqRequest) -> Element | None:
         if req.payload.get("node"):
             raise StanzaError(StanzaErrorCondition.ITEM_NOT_FOUND)
-        return Element("query", ns.DISCO_ITEMS)
+        q = Element("query", ns.DISCO_ITEMS)
+        # XEP-0030 §4.1: the services on our subdomains (the corporate directory...).
+        suffix = "." + req.to.domain
+        for component in ctx.router.components():
+            if component.domain.endswith(suffix):
+                item = {"jid": component.domain}
+                if component.name:
+                    item["name"] = component.name
+                q.sub("item", attrs=item)
+        return q
 
     async def account_info(req: IqRequest) -> Element | None:
         # Answer only for accounts that exist, and only to those who may know it exists:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 
 from imedge.domain.errors import (
     StanzaError,
@@ -37,6 +38,18 @@ log = logging.getLogger(__name__)
 
 _IQ_TYPES = frozenset(t.value for t in IqType)
 
+# A service on its own (sub)domain, e.g. `directory.example.org`, like an XEP-0114
+# component but in-process: it gets every stanza addressed to that domain, with the
+# sender and the recipient; a StanzaError it raises is bounced to the sender.
+ComponentHandler = Callable[[Element, Jid, Jid, C2SSession | None], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    domain: str
+    name: str  # what disco#items calls it (XEP-0030 §4)
+    handler: ComponentHandler
+
 
 class Router:
     def __init__(
@@ -50,6 +63,14 @@ class Router:
         self.bus = bus
         self.sessions = sessions
         self.iq = iq
+        self._components: dict[str, Component] = {}
+
+    def add_component(self, domain: str, handler: ComponentHandler, *, name: str = "") -> None:
+        """Route stanzas addressed to `domain` (and its JIDs) to `handler`, not to s2s."""
+        self._components[domain] = Component(domain, name, handler)
+
+    def components(self) -> list[Component]:
+        return sorted(self._components.values(), key=lambda c: c.domain)
 
     def is_local(self, jid: Jid) -> bool:
         return jid.domain in self.hosts
@@ -134,6 +155,8 @@ class Router:
         try:
             if to.domain in self.hosts:
                 await self._route_local(stanza, from_, to, origin)
+            elif (component := self._components.get(to.domain)) is not None:
+                await component.handler(stanza, from_, to, origin)
             elif not await self.bus.fire(StanzaToRemote(stanza, from_, to, origin)):
                 raise StanzaError(
                     StanzaErrorCondition.REMOTE_SERVER_NOT_FOUND, f"no route to {to.domain}"
