@@ -38,6 +38,7 @@ from imedge.features import (
     register,
     roster,
     search,
+    session,
     version,
 )
 from imedge.protocol.sasl import tls_server_end_point
@@ -79,6 +80,7 @@ FEATURES: tuple[ModuleType, ...] = (
     ping,
     version,
     search,
+    session,
 )
 
 

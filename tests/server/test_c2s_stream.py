@@ -293,3 +293,17 @@ async def test_tls_handshake_garbage_does_not_hurt_others(server: RunningServer)
     assert data == b"" or not data.startswith(b"<")
     writer.close()
     assert await client.plugin["xep_0199"].ping(jid=DOMAIN, timeout=5) is not None
+
+
+async def test_legacy_session_establishment_is_answered(server: RunningServer) -> None:
+    # RFC 3921 §3: old clients still send it; it is optional now (RFC 6121 Appendix E).
+    await server.add_user("alice")
+    raw = await tls_client(server)
+    await raw.open_stream()
+    await raw.login_plain("alice", PASSWORD)
+    await raw.bind()
+    await raw.send(
+        "<iq type='set' id='sess1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>"
+    )
+    answer = await raw.read_until(b"id='sess1'") + await raw.read_until(b">")
+    assert b"<iq type='result' id='sess1'" in answer

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from imedge.domain.errors import ErrorType, StanzaErrorCondition, StreamErrorCondition
+from imedge.domain.errors import (
+    DEFAULT_ERROR_TYPE,
+    ErrorType,
+    StanzaErrorCondition,
+    StreamErrorCondition,
+)
 from imedge.protocol import ns
 from imedge.protocol.element import Element
 
@@ -72,8 +77,6 @@ def error_reply(
     The original payload is not echoed back (RFC 6120 §8.3.1 makes it optional), so an
     error never amplifies what a sender sent.
     """
-    from imedge.domain.errors import DEFAULT_ERROR_TYPE
-
     reply = Element(stanza.name, stanza.ns, {"type": "error"})
     if "id" in stanza.attrs:
         reply.attrs["id"] = stanza.attrs["id"]

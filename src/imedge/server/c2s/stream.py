@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from imedge.domain.errors import (
-    StanzaError,
     StanzaErrorCondition,
     StreamError,
     StreamErrorCondition,
@@ -560,10 +559,3 @@ async def end_session(ctx: C2SContext, session: C2SSession, reason: str) -> None
         ctx.metrics.c2s_sessions.dec()
     log.info("session %s ended: %s", session.jid, reason)
     await ctx.bus.fire(SessionClosed(session, reason))
-
-
-def legacy_session_reply(iq: Element) -> Element:
-    return iq_result(iq)
-
-
-__all__ = ["C2SContext", "C2SStream", "StanzaError", "end_session"]
