@@ -8,7 +8,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 SRC := src tests
 
-.PHONY: all venv run test lint fmt system-deps clean distclean
+.PHONY: all venv run test lint fmt bench system-deps clean distclean
 
 all: test
 
@@ -34,6 +34,11 @@ lint: venv
 
 test: venv system-deps lint
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# The benchmarks in bench/ (not part of `make test`): QUICK=1 for a smaller run.
+BENCH_ARGS ?= $(if $(QUICK),--count 10000)
+bench: venv
+	$(BIN)/python bench/directory_sync.py $(BENCH_ARGS)
 
 fmt: venv
 	$(BIN)/ruff format $(SRC)

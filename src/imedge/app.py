@@ -21,6 +21,7 @@ from fastapi import APIRouter
 
 from imedge import __version__
 from imedge.api.auth import AdminAuth
+from imedge.api.directory import BackgroundSyncs, directory_router
 from imedge.api.federation import federation_router
 from imedge.api.http import EmbeddedServer, create_app, http_server
 from imedge.api.s2s import s2s_router
@@ -223,6 +224,7 @@ class Server:
         )
         # The corporate directory: peer servers' LDAP syncs and their partner rows.
         self.directory = DirectoryService(self.store, self.federation)
+        self.directory_syncs = BackgroundSyncs(self.directory)  # those the API starts
         self.bus.subscribe(StanzaToRemote, self.s2s.on_stanza, Priority.NORMAL)
         self.metrics.watch_s2s(self.s2s.streams, self.s2s.link_status)
 
@@ -283,6 +285,7 @@ class Server:
                 guard=guard,
                 flush_audit=self.gate.flush_audit,
             ),
+            directory_router(self.directory, self.directory_syncs, guard=guard),
         ]
 
     async def _listen(
@@ -360,6 +363,7 @@ class Server:
     async def stop(self) -> None:
         """Close listeners, end every stream with `system-shutdown`, stop HTTP."""
         await self.directory.stop()
+        await self.directory_syncs.close()
         for server in self.listeners:
             server.close()
         for stream in list(self._streams.values()):

@@ -41,16 +41,9 @@ def plain(server: Slapd, **changes: object) -> LdapSource:
     return dataclasses.replace(source, **changes)  # type: ignore[arg-type]
 
 
-def trusting(
-    source: LdapSource, ca_path: Path, monkeypatch: pytest.MonkeyPatch, **changes: object
-) -> LdapSource:
-    """`source` validating the server's certificate against `ca_path`."""
-    if "ca_file" in {f.name for f in dataclasses.fields(LdapSource)}:
-        changes["ca_file"] = str(ca_path)
-    else:
-        # Until LdapSource carries a CA file, the default context's OpenSSL store does.
-        monkeypatch.setenv("SSL_CERT_FILE", str(ca_path))
-    return dataclasses.replace(source, **changes)  # type: ignore[arg-type]
+def trusting(source: LdapSource, ca_path: Path, **changes: object) -> LdapSource:
+    """`source` validating the server's certificate against `ca_path` (its `ca_file`)."""
+    return dataclasses.replace(source, ca_file=str(ca_path), **changes)  # type: ignore[arg-type]
 
 
 async def expect_error(source: LdapSource, kind: LdapErrorKind) -> LdapError:
@@ -94,9 +87,9 @@ async def test_attribute_names_come_back_as_requested(slapd_server: Slapd) -> No
 
 
 async def test_start_tls_validates_the_certificate_against_the_ca(
-    slapd_server: Slapd, monkeypatch: pytest.MonkeyPatch
+    slapd_server: Slapd,
 ) -> None:
-    source = trusting(plain(slapd_server), slapd_server.ca_path, monkeypatch, start_tls=True)
+    source = trusting(plain(slapd_server), slapd_server.ca_path, start_tls=True)
     records = await ldap.fetch(source, ATTRIBUTES)
     assert len(records) == PEOPLE_COUNT
     summary = await ldap.test_connection(source)
@@ -105,11 +98,9 @@ async def test_start_tls_validates_the_certificate_against_the_ca(
 
 
 async def test_ldaps_validates_the_certificate_against_the_ca(
-    slapd_server: Slapd, monkeypatch: pytest.MonkeyPatch
+    slapd_server: Slapd,
 ) -> None:
-    source = trusting(
-        plain(slapd_server), slapd_server.ca_path, monkeypatch, url=slapd_server.ldaps_url
-    )
+    source = trusting(plain(slapd_server), slapd_server.ca_path, url=slapd_server.ldaps_url)
     assert len(await ldap.fetch(source, ATTRIBUTES)) == PEOPLE_COUNT
 
 
@@ -127,13 +118,12 @@ async def test_an_untrusted_certificate_is_a_tls_error(slapd_server: Slapd, sche
 
 
 async def test_a_certificate_for_another_name_is_a_tls_error(
-    slapd_server: Slapd, monkeypatch: pytest.MonkeyPatch
+    slapd_server: Slapd,
 ) -> None:
     # RFC 6125: the certificate names 127.0.0.1, not "localhost".
     source = trusting(
         plain(slapd_server),
         slapd_server.ca_path,
-        monkeypatch,
         url=f"ldaps://localhost:{slapd_server.ldaps_port}",
     )
     with pytest.raises(LdapError) as caught:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from imedge.directory.model import (
     AttributeMapping,
@@ -134,6 +134,19 @@ async def test_update_replaces_every_field(dstore: SqlStore) -> None:
     await d.update_peer_server(anonymous, ADMIN)
     assert await d.get_peer_server(first.id) == anonymous
     assert (await raw_rows(dstore, "peer_servers"))[0]["bind_password"] is None
+
+
+async def test_the_ldap_ca_file_round_trips_and_can_be_cleared(dstore: SqlStore) -> None:
+    d = dstore.directory
+    with_ca = replace(OCS, ldap=replace(OCS.ldap, ca_file="/etc/imedge/ocs-ca.pem"))
+    saved = await d.add_peer_server(with_ca, ADMIN)
+    assert saved.id is not None
+    assert (await d.get_peer_server(saved.id)) == saved
+    assert saved.ldap.ca_file == "/etc/imedge/ocs-ca.pem"
+    system_cas = replace(saved, ldap=replace(saved.ldap, ca_file=None))
+    await d.update_peer_server(system_cas, ADMIN)
+    fetched = await d.get_peer_server(saved.id)
+    assert fetched is not None and fetched.ldap.ca_file is None
 
 
 async def test_missing_peer_servers_are_not_found(dstore: SqlStore) -> None:
@@ -423,7 +436,7 @@ async def test_upgrade_from_0002_keeps_existing_data(db_url: str) -> None:
         await engine.dispose()
     assert await current_revision(db_url) == "0002"
 
-    assert (await upgrade_database(db_url))[0] == "0003"
+    assert (await upgrade_database(db_url))[:2] == ["0003", "0004"]
 
     store = await open_store(db_url, upgrade=False, secret_key=KEY)
     try:
@@ -433,6 +446,39 @@ async def test_upgrade_from_0002_keeps_existing_data(db_url: str) -> None:
         assert saved.id is not None
         await sync(store, saved.id, [person(saved.id, "ann")])
         assert await store.directory.count_entries(saved.id) == 1
+    finally:
+        await store.close()
+
+
+async def test_upgrade_from_0003_adds_the_ca_file_and_keeps_peer_servers(db_url: str) -> None:
+    engine = create_engine(db_url)
+    try:
+        async with writer(engine).begin() as conn:
+            await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), "0003"))
+            await conn.execute(
+                insert(t.peer_servers).values(
+                    name="Old",
+                    name_key="old",
+                    ldap_url="ldap://ldap",
+                    start_tls=True,
+                    bind_dn="",
+                    base_dn="dc=x",
+                    ldap_filter="(objectClass=person)",
+                    page_size=500,
+                    timeout=30.0,
+                    mapping='{"im_address": "mail"}',
+                    enabled=True,
+                )
+            )
+    finally:
+        await engine.dispose()
+
+    assert await upgrade_database(db_url) == ["0004"]
+
+    store = await open_store(db_url, upgrade=False, secret_key=KEY)
+    try:
+        [old] = await store.directory.list_peer_servers()
+        assert old.name == "Old" and old.ldap.ca_file is None
     finally:
         await store.close()
 

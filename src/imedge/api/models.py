@@ -15,6 +15,12 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from imedge.api.s2s import LinkOut, StreamOut
+from imedge.directory.model import (
+    AttributeMapping,
+    LdapSource,
+    PeerServer,
+    SyncReport,
+)
 from imedge.domain.jid import Jid, JidMalformed
 from imedge.policy import (
     EdgeAddress,
@@ -45,6 +51,7 @@ def _clean_text(value: str) -> str:
 
 
 Text = Annotated[str, Field(max_length=MAX_TEXT), AfterValidator(_clean_text)]
+clean_text = _clean_text  # for query parameters, which take the validator on its own
 Count = Annotated[int, Field(ge=-MAX_COUNT, le=MAX_COUNT)]
 
 
@@ -450,4 +457,328 @@ class ExplainOut(BaseModel):
     decision: dict[str, Any] = Field(description="The whole decision, machine-readable")
     assumed: str | None = Field(
         default=None, description="What was assumed for want of a live stream, if anything"
+    )
+
+
+# --- peer servers and the corporate directory (issue 5) ----------------------------------
+
+# A network wait longer than an hour is a typo, and would hold a sync (or a test) that long.
+MAX_LDAP_TIMEOUT = 3600.0
+
+_PEER = {
+    "name": "How administrators and reports name the peer server (unique)",
+    "domains": "The peer server's XMPP domains; its people's IM addresses must be in them",
+    "edge_address": (
+        "`host[:port]` where s2s traffic to its domains goes (its edge); null: DNS SRV"
+    ),
+    "schedule_minutes": "Sync automatically this often; null: on demand only",
+    "enabled": "false: the scheduler leaves it alone (an on-demand sync still runs)",
+}
+_LDAP = {
+    "url": "`ldap://host[:port]` (with start_tls) or `ldaps://host[:port]`",
+    "start_tls": "Upgrade an ldap:// connection with StartTLS (RFC 4513 §3)",
+    "bind_dn": "The DN to bind as; empty: anonymous",
+    "bind_password": "The bind password; write-only, kept encrypted, never returned",
+    "base_dn": "Where the people are searched, e.g. ou=people,dc=ocs,dc=example",
+    "filter": "The RFC 4515 search filter, e.g. (objectClass=inetOrgPerson)",
+    "page_size": "Entries per page of the paged search (RFC 2696)",
+    "timeout": "Seconds allowed for each network wait",
+    "ca_file": "A PEM file of the CAs that sign the LDAP server's certificate; null: system",
+}
+_MAPPING = "An LDAP attribute name (`mail`) or a template (`{uid}@ocs.example`); null: left empty"
+
+
+class LdapIn(BaseModel):
+    """Where a peer server's people come from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: Text = Field(description=_LDAP["url"])
+    start_tls: bool = Field(
+        default=_default(LdapSource, "start_tls"), description=_LDAP["start_tls"]
+    )
+    bind_dn: Text = Field(default="", description=_LDAP["bind_dn"])
+    bind_password: Text = Field(default="", description=_LDAP["bind_password"])
+    base_dn: Text = Field(description=_LDAP["base_dn"])
+    filter: Text = Field(default=_default(LdapSource, "filter"), description=_LDAP["filter"])
+    page_size: Count = Field(
+        default=_default(LdapSource, "page_size"), description=_LDAP["page_size"]
+    )
+    timeout: float = Field(
+        default=_default(LdapSource, "timeout"),
+        allow_inf_nan=False,
+        ge=-MAX_LDAP_TIMEOUT,
+        le=MAX_LDAP_TIMEOUT,
+        description=_LDAP["timeout"],
+    )
+    ca_file: Text | None = Field(default=None, description=_LDAP["ca_file"])
+
+    def to_source(self) -> LdapSource:
+        return LdapSource(**self.model_dump())
+
+
+class LdapPatch(BaseModel):
+    """Any subset of the LDAP source; `bind_password` left out keeps the stored one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: Text = _optional(_LDAP["url"])
+    start_tls: bool = _optional(_LDAP["start_tls"])
+    bind_dn: Text = _optional(_LDAP["bind_dn"])
+    bind_password: Text = _optional(_LDAP["bind_password"] + "; left out: unchanged")
+    base_dn: Text = _optional(_LDAP["base_dn"])
+    filter: Text = _optional(_LDAP["filter"])
+    page_size: Count = _optional(_LDAP["page_size"])
+    timeout: float = _optional(
+        _LDAP["timeout"], allow_inf_nan=False, ge=-MAX_LDAP_TIMEOUT, le=MAX_LDAP_TIMEOUT
+    )
+    ca_file: Text | None = _optional(_LDAP["ca_file"])
+
+
+class LdapOut(BaseModel):
+    """The LDAP source as stored, without its password."""
+
+    url: str = Field(description=_LDAP["url"])
+    start_tls: bool = Field(description=_LDAP["start_tls"])
+    bind_dn: str = Field(description=_LDAP["bind_dn"])
+    has_password: bool = Field(description="Whether a bind password is stored")
+    base_dn: str = Field(description=_LDAP["base_dn"])
+    filter: str = Field(description=_LDAP["filter"])
+    page_size: int = Field(description=_LDAP["page_size"])
+    timeout: float = Field(description=_LDAP["timeout"])
+    ca_file: str | None = Field(description=_LDAP["ca_file"])
+
+
+class MappingIn(BaseModel):
+    """Which LDAP attributes (or templates) fill which directory fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    im_address: Text = Field(description="The IM address: an attribute or a template")
+    display_name: Text | None = Field(
+        default=_default(AttributeMapping, "display_name"), description=_MAPPING
+    )
+    email: Text | None = Field(default=_default(AttributeMapping, "email"), description=_MAPPING)
+    phone: Text | None = Field(default=_default(AttributeMapping, "phone"), description=_MAPPING)
+    department: Text | None = Field(
+        default=_default(AttributeMapping, "department"), description=_MAPPING
+    )
+    title: Text | None = Field(default=_default(AttributeMapping, "title"), description=_MAPPING)
+
+
+class MappingPatch(BaseModel):
+    """Any subset of the attribute mapping."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    im_address: Text = _optional(_MAPPING)
+    display_name: Text | None = _optional(_MAPPING)
+    email: Text | None = _optional(_MAPPING)
+    phone: Text | None = _optional(_MAPPING)
+    department: Text | None = _optional(_MAPPING)
+    title: Text | None = _optional(_MAPPING)
+
+
+class MappingOut(BaseModel):
+    im_address: str
+    display_name: str | None
+    email: str | None
+    phone: str | None
+    department: str | None
+    title: str | None
+
+
+class PeerServerIn(BaseModel):
+    """A new peer server (FEDERATION.md §Words: peer server)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Text = Field(description=_PEER["name"])
+    domains: list[Text] = Field(max_length=MAX_ITEMS, description=_PEER["domains"])
+    edge_address: Text | None = Field(default=None, description=_PEER["edge_address"])
+    schedule_minutes: Count | None = Field(default=None, description=_PEER["schedule_minutes"])
+    enabled: bool = Field(default=True, description=_PEER["enabled"])
+    ldap: LdapIn
+    mapping: MappingIn
+
+    @field_validator("edge_address")
+    @classmethod
+    def _edge_address(cls, value: str | None) -> str | None:
+        return _edge(value)
+
+    def to_peer_server(self) -> PeerServer:
+        return PeerServer(
+            name=self.name,
+            domains=tuple(self.domains),
+            edge_address=EdgeAddress.parse(self.edge_address) if self.edge_address else None,
+            schedule_minutes=self.schedule_minutes,
+            enabled=self.enabled,
+            ldap=self.ldap.to_source(),
+            mapping=AttributeMapping(**self.mapping.model_dump()),
+        )
+
+
+class PeerServerPatch(BaseModel):
+    """Any subset of a peer server's fields, nested ones included; those left out keep
+    their value (the bind password above all)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Text = _optional(_PEER["name"])
+    domains: list[Text] = _optional(_PEER["domains"], max_length=MAX_ITEMS)
+    # null is a value here: "no edge address, use DNS".
+    edge_address: Text | None = _optional(_PEER["edge_address"])
+    # null is a value here: "on demand only".
+    schedule_minutes: Count | None = _optional(_PEER["schedule_minutes"])
+    enabled: bool = _optional(_PEER["enabled"])
+    ldap: LdapPatch = _optional("Changes to the LDAP source")
+    mapping: MappingPatch = _optional("Changes to the attribute mapping")
+
+    @field_validator("edge_address")
+    @classmethod
+    def _edge_address(cls, value: str | None) -> str | None:
+        return _edge(value)
+
+    def apply(self, peer: PeerServer) -> PeerServer:
+        """`peer` with the fields given replaced."""
+        top: dict[str, Any] = self.model_dump(exclude_unset=True, exclude={"ldap", "mapping"})
+        if "domains" in top:
+            top["domains"] = tuple(self.domains)
+        if "edge_address" in top:
+            top["edge_address"] = (
+                EdgeAddress.parse(self.edge_address) if self.edge_address else None
+            )
+        if "ldap" in self.model_fields_set and self.ldap is not None:
+            top["ldap"] = dataclasses.replace(peer.ldap, **self.ldap.model_dump(exclude_unset=True))
+        if "mapping" in self.model_fields_set and self.mapping is not None:
+            top["mapping"] = dataclasses.replace(
+                peer.mapping, **self.mapping.model_dump(exclude_unset=True)
+            )
+        return dataclasses.replace(peer, **top)
+
+
+class PeerServerOut(BaseModel):
+    """A peer server as stored; its bind password is never returned."""
+
+    id: int
+    name: str = Field(description=_PEER["name"])
+    domains: list[str] = Field(description=_PEER["domains"])
+    edge_address: str | None = Field(description=_PEER["edge_address"])
+    schedule_minutes: int | None = Field(description=_PEER["schedule_minutes"])
+    enabled: bool = Field(description=_PEER["enabled"])
+    ldap: LdapOut
+    mapping: MappingOut
+
+    @classmethod
+    def of(cls, peer: PeerServer) -> PeerServerOut:
+        assert peer.id is not None
+        source = peer.ldap
+        return cls(
+            id=peer.id,
+            name=peer.name,
+            domains=list(peer.domains),
+            edge_address=str(peer.edge_address) if peer.edge_address else None,
+            schedule_minutes=peer.schedule_minutes,
+            enabled=peer.enabled,
+            ldap=LdapOut(
+                url=source.url,
+                start_tls=source.start_tls,
+                bind_dn=source.bind_dn,
+                has_password=bool(source.bind_password),
+                base_dn=source.base_dn,
+                filter=source.filter,
+                page_size=source.page_size,
+                timeout=source.timeout,
+                ca_file=source.ca_file,
+            ),
+            mapping=MappingOut.model_validate(dataclasses.asdict(peer.mapping)),
+        )
+
+
+class LdapTestOut(BaseModel):
+    ok: bool = Field(description="Whether the bind, the base DN and the filter worked")
+    summary: str = Field(description="What was found, or what went wrong and what to do")
+
+
+class SyncIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dry_run: bool = Field(
+        default=False, description="Compute the plan and report it, but change nothing"
+    )
+
+
+class SyncStartedOut(BaseModel):
+    sync: Literal["started"] = "started"
+
+
+# A report lists the first issues; `issue_count` counts them all.
+MAX_ISSUES_OUT = 100
+
+
+class SyncIssueOut(BaseModel):
+    kind: str = Field(
+        description="missing_im_address, invalid_im_address, duplicate_im_address or "
+        "outside_domains"
+    )
+    dn: str = Field(description="The LDAP entry left out")
+    detail: str
+
+
+class SyncReportOut(BaseModel):
+    """What one sync did (or, for a dry run, would do)."""
+
+    started: float = Field(description="Unix time")
+    finished: float = Field(description="Unix time")
+    status: str = Field(description="ok, failed (nothing changed) or interrupted")
+    added: int
+    changed: int
+    removed: int
+    unchanged: int
+    issues: list[SyncIssueOut] = Field(description=f"The first {MAX_ISSUES_OUT} issues")
+    issue_count: int = Field(description="All entries left out, and why")
+    error: str | None = Field(description="Why it failed or stopped, or a note on the partner")
+    dry_run: bool = Field(default=False, description="A dry run: nothing was applied")
+
+    @classmethod
+    def of(cls, report: SyncReport, *, dry_run: bool = False) -> SyncReportOut:
+        return cls(
+            started=report.started,
+            finished=report.finished,
+            status=str(report.status),
+            added=report.added,
+            changed=report.changed,
+            removed=report.removed,
+            unchanged=report.unchanged,
+            issues=[
+                SyncIssueOut(kind=str(i.kind), dn=i.dn, detail=i.detail)
+                for i in report.issues[:MAX_ISSUES_OUT]
+            ],
+            issue_count=report.issue_count,
+            error=report.error,
+            dry_run=dry_run,
+        )
+
+
+class SyncProgressOut(BaseModel):
+    running: bool = Field(description="Whether a sync of the peer server is running now")
+    fetched: int = Field(description="Entries fetched from LDAP so far (or by the last sync)")
+    started: float | None = Field(description="Unix time the running or last sync started")
+    last_report: SyncReportOut | None = Field(description="The last finished sync")
+
+
+class DirectoryPersonOut(BaseModel):
+    """One person of the corporate directory: a local user or a peer server's entry."""
+
+    jid: str = Field(description="The IM address")
+    name: str | None = Field(description="The display name")
+    email: str | None
+    phone: str | None
+    department: str | None
+    title: str | None
+    local: bool = Field(description="A user of this server")
+    peer_server: str | None = Field(description="The peer server's name; null for local users")
+    peer_server_id: int | None
+    reachable: bool = Field(
+        description="Whether federation with the person's domain is possible now"
     )

@@ -15,8 +15,10 @@ import typer
 from imedge import __version__
 from imedge.cli.common import CONFIG_ENV, CliState, ConfigOption, configured, say, say_settings
 from imedge.cli.database import db
+from imedge.cli.directory import directory
 from imedge.cli.federation import federation
 from imedge.cli.partners import partners
+from imedge.cli.peers import peers
 from imedge.cli.policy import policy
 from imedge.cli.s2s import s2s
 from imedge.cli.serve import serve
@@ -43,10 +45,16 @@ EPILOG = f"""\
     imedge federation set --open on --blocked-domain spam.example
     imedge user set alice@example.org --public-im on --verified-subscriptions allow
     imedge policy explain --from bob@contoso.example --to alice@example.org --kind subscribe
+    imedge peer add OCS -d ocs.example --ldap-url ldaps://ldap.ocs.example --base-dn ou=people,dc=ocs,dc=example --bind-dn cn=imedge,dc=ocs,dc=example --im-template '{{uid}}@ocs.example' --every 60
+    imedge peer test OCS
+    imedge peer sync OCS --dry-run
+    imedge peer sync OCS
+    imedge peer reports OCS
+    imedge directory search smith
 
 --config works before or after the command name; ${CONFIG_ENV} sets it for every command.
 Without any configuration the server runs for domain "localhost" with its data in ./data.
-"""
+"""  # noqa: E501 -- an example command is one line, as it is typed
 
 app = typer.Typer(
     name="imedge",
@@ -98,6 +106,8 @@ app.add_typer(s2s)
 app.add_typer(partners)
 app.add_typer(federation)
 app.add_typer(policy)
+app.add_typer(peers)
+app.add_typer(directory)
 
 
 @app.command("check-config")

@@ -131,7 +131,7 @@ def _timeout(source: LdapSource) -> int:
 
 
 def _ca_file(source: LdapSource) -> str | None:
-    return getattr(source, "ca_file", None) or None
+    return source.ca_file or None
 
 
 class _VerifiedTls(ldap3.Tls):

@@ -99,6 +99,15 @@ class _PartnerStep:
 
 
 @dataclass(frozen=True, slots=True)
+class SyncProgress:
+    """How far the latest sync of a peer server got (the API's progress), since start."""
+
+    running: bool
+    fetched: int = 0  # entries fetched from LDAP so far
+    started: float | None = None  # unix time; None if none ran since the service started
+
+
+@dataclass(frozen=True, slots=True)
 class SyncOutcome:
     """A sync's report and, when it got that far, its plan (what `--dry-run` prints)."""
 
@@ -123,6 +132,7 @@ class DirectoryService:
         self._tick = tick
         self._running: set[int] = set()  # peer servers being synced now
         self._attempted: dict[int, float] = {}  # the scheduler's last attempt per peer
+        self._fetched: dict[int, tuple[float, int]] = {}  # (started, fetched) per peer
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
@@ -194,6 +204,7 @@ class DirectoryService:
             await self.store.directory.remove_peer_server(peer_id, actor)
         except NotFound:
             raise NoSuchPeerServer(f"no peer server with id {peer_id}") from None
+        self._fetched.pop(peer_id, None)
         partner = self._own_partner(peer)
         if partner is not None:
             assert partner.id is not None
@@ -213,6 +224,11 @@ class DirectoryService:
 
     def is_syncing(self, peer_id: int) -> bool:
         return peer_id in self._running
+
+    def progress(self, peer_id: int) -> SyncProgress:
+        """The running (or latest) sync's count of entries fetched, for a progress bar."""
+        started, fetched = self._fetched.get(peer_id, (None, 0))
+        return SyncProgress(peer_id in self._running, fetched, started)
 
     def _own_partner(self, peer: PeerServer) -> Partner | None:
         origin = Origin(OriginKind.PEER_SERVER, str(peer.id))
@@ -253,8 +269,16 @@ class DirectoryService:
         if peer_id in self._running:
             raise SyncRunning(f"a sync of peer server {peer.name!r} is already running")
         self._running.add(peer_id)
+        started = self._clock()
+        self._fetched[peer_id] = (started, 0)
+
+        def counted(fetched: int) -> None:
+            self._fetched[peer_id] = (started, fetched)
+            if progress is not None:
+                progress(fetched)
+
         try:
-            return await self._sync(peer, dry_run, progress, cancel, actor)
+            return await self._sync(peer, dry_run, counted, cancel, actor)
         finally:
             self._running.discard(peer_id)
 

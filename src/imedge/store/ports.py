@@ -238,8 +238,10 @@ class LdapSource:
     """Where a peer server's people come from (RFC 4510 LDAP, RFC 2696 paged search).
 
     `url` is `ldap://host[:port]` (with `start_tls`, RFC 4513 §3) or `ldaps://host[:port]`.
-    `bind_password` is plaintext in memory only: the store keeps it encrypted and `repr`
-    never shows it. An empty `bind_dn` and password mean an anonymous bind.
+    `ca_file` is a PEM file of the CAs the server's certificate is validated against
+    (RFC 6125); None means the system's trusted CAs. `bind_password` is plaintext in
+    memory only: the store keeps it encrypted and `repr` never shows it. An empty
+    `bind_dn` and password mean an anonymous bind.
     """
 
     url: str
@@ -250,6 +252,7 @@ class LdapSource:
     filter: str = "(objectClass=inetOrgPerson)"
     page_size: int = 500
     timeout: float = 30.0  # seconds, for each network wait
+    ca_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -112,6 +112,7 @@ class SqlDirectoryStore:
             "ldap_filter": ldap.filter,
             "page_size": ldap.page_size,
             "timeout": ldap.timeout,
+            "ca_file": ldap.ca_file,
             "mapping": json.dumps(asdict(peer.mapping), ensure_ascii=False),
             "schedule_minutes": peer.schedule_minutes,
             "enabled": peer.enabled,
@@ -127,6 +128,7 @@ class SqlDirectoryStore:
             filter=row.ldap_filter,
             page_size=int(row.page_size),
             timeout=float(row.timeout),
+            ca_file=row.ca_file,
         )
         return PeerServer(
             id=int(row.id),

@@ -274,6 +274,8 @@ peer_servers = Table(
     Column("mapping", Text, nullable=False),  # JSON object: AttributeMapping's fields
     Column("schedule_minutes", Integer, nullable=True),
     Column("enabled", Boolean, nullable=False),
+    # PEM CA file the LDAP server's certificate is checked against; NULL: system CAs (0004).
+    Column("ca_file", Text, nullable=True),
     sqlite_autoincrement=True,
 )
 
