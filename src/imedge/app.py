@@ -21,6 +21,7 @@ from fastapi import APIRouter
 
 from imedge import __version__
 from imedge.api.auth import AdminAuth
+from imedge.api.contacts import contacts_router
 from imedge.api.directory import BackgroundSyncs, directory_router
 from imedge.api.federation import federation_router
 from imedge.api.http import EmbeddedServer, create_app, http_server
@@ -286,6 +287,7 @@ class Server:
                 flush_audit=self.gate.flush_audit,
             ),
             directory_router(self.directory, self.directory_syncs, guard=guard),
+            contacts_router(self.context, guard=guard),
         ]
 
     async def _listen(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import httpx
 import trustme
 
 from imedge.domain.jid import Jid
@@ -89,3 +91,39 @@ async def test_subscription_presence_and_offline_between_two_imedge_servers(tmp_
         got = await inbox.get(lambda m: m["body"] == "while you were away", timeout=10)
         assert got["from"].bare == alice
         assert "urn:xmpp:delay" in str(got)  # delivered from offline storage
+
+
+async def test_admin_adds_a_federated_contact_on_a_users_behalf(tmp_path: Path) -> None:
+    """Issue 5: a personal contact added through the API; the user's client gets the
+    roster push and the remote user the subscription request, then they chat."""
+    ca = trustme.CA()
+    async with (
+        federated_server(tmp_path / "a", A, A_IP, ca, **edges()) as a,
+        federated_server(tmp_path / "b", B, B_IP, ca, **edges()) as b,
+    ):
+        alice, bob = await a.add_user("alice"), await b.add_user("bob")
+        ca_client, cb_client = await a.client(alice), await b.client(bob)
+        pushes = Inbox(ca_client, "roster_update")
+        requests = Inbox(cb_client, "presence_subscribe")
+        token = (a.server.config.data_dir / "admin.token").read_text().strip()
+        api = f"http://{A_IP}:{a.http_port}/api/v1"
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
+            r = await http.post(f"{api}/users/{alice}/contacts", json={"jid": bob, "name": "Bob"})
+            assert r.status_code == 201, r.text
+            assert r.json()["ask"] is True
+            bad = await http.post(f"{api}/users/{alice}/contacts", json={"jid": "not an address"})
+            assert bad.status_code == 422
+            missing = await http.post(f"{api}/users/nobody@{A}/contacts", json={"jid": bob})
+            assert missing.status_code == 404
+        await pushes.get(timeout=10)
+        request = await requests.get(lambda p: p["from"].bare == alice, timeout=10)
+        assert request["type"] == "subscribe"
+        # bob's client approves (slixmpp's default): alice is now subscribed to bob.
+        for _ in range(100):
+            item = await a.server.store.rosters.get_item(Jid.parse(alice), Jid.parse(bob))
+            assert item is not None
+            if item.subscription in ("to", "both"):
+                break
+            await asyncio.sleep(0.05)
+        assert item.name == "Bob"
+        assert item.subscription in ("to", "both")

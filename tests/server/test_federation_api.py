@@ -662,6 +662,7 @@ async def test_the_openapi_document_describes_every_operation(http: httpx.AsyncC
         (path, method)
         for path, method, _ in operations
         if not path.startswith((f"{API}/peer-servers", f"{API}/directory"))
+        and not path.endswith("/contacts")
     }
     assert len(federation) == 19  # the federation administration of issue 4
     for path, method, op in operations:

@@ -103,10 +103,18 @@ class Presence:
         return True
 
     async def _outbound_subscription(
-        self, session: C2SSession, stanza: Element, contact: Jid, kind: SubscriptionKind
+        self,
+        session: C2SSession | None,
+        stanza: Element,
+        contact: Jid,
+        kind: SubscriptionKind,
+        *,
+        user: Jid | None = None,
     ) -> None:
-        """RFC 6121 §3.1.2, §3.1.5, §3.2.2, §3.3.2, §3.4: the user sent `kind` to `contact`."""
-        user = session.bare
+        """RFC 6121 §3.1.2, §3.1.5, §3.2.2, §3.3.2, §3.4: the user sent `kind` to `contact`
+        (from one of their sessions, or through the admin API on their behalf)."""
+        user = session.bare if session is not None else user
+        assert user is not None
         version: int | None = None
         async with self.locks.hold(user):
             before = await self.ctx.store.rosters.get_item(user, contact)
@@ -384,6 +392,15 @@ class Presence:
         if session.available or session.directed:
             gone = Element("presence", ns.CLIENT, {"type": "unavailable"})
             await self._go_unavailable(session, gone, notify_self=False)
+
+
+async def subscribe_on_behalf(ctx: ServerContext, user: Jid, contact: Jid) -> None:
+    """Ask `contact` for a presence subscription as if `user` had sent it from a client
+    (issue 5: a contact added through the admin API on the user's behalf)."""
+    request = Element("presence", ns.CLIENT, {"type": "subscribe", "to": str(contact.bare)})
+    await Presence(ctx)._outbound_subscription(
+        None, request, contact.bare, SubscriptionKind.SUBSCRIBE, user=user.bare
+    )
 
 
 def install(ctx: ServerContext) -> None:

@@ -253,6 +253,23 @@ class Roster:
         log.debug("%s removed %s from the roster", user, contact)
 
 
+async def add_contact(
+    ctx: ServerContext, user: Jid, contact: Jid, name: str | None, groups: tuple[str, ...]
+) -> RosterItem:
+    """RFC 6121 §2.3 done by the server for `user` (the admin API adding a contact on the
+    user's behalf): the same item, version and pushes as a roster set from a client."""
+    locks = roster_locks(ctx)
+    async with locks.hold(user.bare):
+        before = await ctx.store.rosters.get_item(user.bare, contact.bare)
+        if before is None:
+            after = RosterItem(jid=contact.bare, name=name, groups=groups)
+        else:
+            after = replace(before, name=name, groups=groups, listed=True)
+        version = await ctx.store.rosters.put_item(user.bare, after)
+    push_item(ctx, user, contact.bare, after, version)
+    return after
+
+
 def install(ctx: ServerContext) -> None:
     roster = Roster(ctx)
     ctx.iq.register(ns.ROSTER, roster.get, types=(IqType.GET,), targets=IqTarget.SELF)
