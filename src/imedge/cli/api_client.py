@@ -34,6 +34,20 @@ API = "/api/v1"
 ACTOR_HEADER = "X-IMEdge-Actor"
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the API's JSON answer as is.")]
+# Options shared by the `edit` commands of partners and peer servers.
+RenameOption = Annotated[
+    str | None, typer.Option("--rename", metavar="NEW_NAME", help="A new name.")
+]
+ReplaceDomainsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--domain",
+        "-d",
+        metavar="DOMAIN",
+        help="Replace its domains with these (repeat for more).",
+        show_default=False,
+    ),
+]
 
 
 class Switch(StrEnum):

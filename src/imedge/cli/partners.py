@@ -18,6 +18,8 @@ from rich.text import Text
 from imedge.cli.api_client import (
     API,
     JsonOption,
+    RenameOption,
+    ReplaceDomainsOption,
     api_call,
     duration,
     listed,
@@ -276,19 +278,8 @@ def edit(
     ctx: typer.Context,
     name: NameArgument,
     *,
-    rename: Annotated[
-        str | None, typer.Option("--rename", metavar="NEW_NAME", help="A new name.")
-    ] = None,
-    domains: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--domain",
-            "-d",
-            metavar="DOMAIN",
-            help="Replace its domains with these (repeat for more).",
-            show_default=False,
-        ),
-    ] = None,
+    rename: RenameOption = None,
+    domains: ReplaceDomainsOption = None,
     add_domain: Annotated[
         list[str] | None,
         typer.Option(

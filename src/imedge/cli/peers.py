@@ -24,6 +24,8 @@ from rich.text import Text
 from imedge.cli.api_client import (
     API,
     JsonOption,
+    RenameOption,
+    ReplaceDomainsOption,
     api_call,
     duration,
     listed,
@@ -393,19 +395,8 @@ def edit(
     ctx: typer.Context,
     ref: RefArgument,
     *,
-    rename: Annotated[
-        str | None, typer.Option("--rename", metavar="NEW_NAME", help="A new name.")
-    ] = None,
-    domains: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--domain",
-            "-d",
-            metavar="DOMAIN",
-            help="Replace its domains with these (repeat for more).",
-            show_default=False,
-        ),
-    ] = None,
+    rename: RenameOption = None,
+    domains: ReplaceDomainsOption = None,
     ldap_url: LdapUrlOption = None,
     base_dn: BaseDnOption = None,
     bind_dn: BindDnOption = None,
